@@ -1,0 +1,66 @@
+package mesh
+
+import (
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+func TestMembershipTimeline(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	m := newMembership(timing{suspectAfter: 3 * time.Second, deadAfter: 6 * time.Second, forgetAfter: time.Minute})
+	a, b := peer.ID("a"), peer.ID("b")
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	state := func(id peer.ID) State { s, _ := m.state(id); return s }
+
+	steps := []struct {
+		name string
+		do   func()
+		id   peer.ID
+		want State
+	}{
+		{"first heartbeat", func() { m.heartbeat(at(0), a, heartbeat{Instance: "i1", Seq: 1}) }, a, StateAlive},
+		{"silent 2s", func() { m.tick(at(2)) }, a, StateAlive},
+		{"silent 3.5s", func() { m.tick(at(3.5)) }, a, StateSuspect},
+		{"heartbeat revives", func() { m.heartbeat(at(4), a, heartbeat{Instance: "i1", Seq: 2}) }, a, StateAlive},
+		{"replayed old heartbeat ignored", func() { m.heartbeat(at(9), a, heartbeat{Instance: "i1", Seq: 2}) }, a, StateAlive},
+		{"silent 6.5s after last", func() { m.tick(at(10.6)) }, a, StateDead},
+		{"restart with new instance", func() { m.heartbeat(at(11), a, heartbeat{Instance: "i2", Seq: 1}) }, a, StateAlive},
+		{"b says goodbye", func() { m.heartbeat(at(11), b, heartbeat{Instance: "j", Seq: 1, Leaving: true}) }, b, StateLeft},
+		{"late heartbeat after leave", func() { m.heartbeat(at(11.5), b, heartbeat{Instance: "j", Seq: 2}) }, b, StateLeft},
+		{"left stays left", func() { m.tick(at(30)) }, b, StateLeft},
+		{"forgotten after a minute", func() { m.tick(at(72)) }, b, ""},
+	}
+	for _, s := range steps {
+		s.do()
+		if got := state(s.id); got != s.want {
+			t.Fatalf("after %s: state(%s) = %q; want %q", s.name, s.id, got, s.want)
+		}
+	}
+}
+
+func TestMembershipRecords(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	m := newMembership(timing{time.Second, 2 * time.Second, time.Minute})
+	a := peer.ID("a")
+	if stored, _ := m.record(t0, a, &Record{Seq: 5}, nil, false); stored {
+		t.Fatalf("record of an unknown member from the DHT was stored; want ignored")
+	}
+	want, _ := m.heartbeat(t0, a, heartbeat{Instance: "i", Seq: 1, RecordSeq: 5})
+	if !want {
+		t.Fatalf("heartbeat advertising record 5 with none held: wantRecord = false; want true")
+	}
+	if stored, _ := m.record(t0, a, &Record{Seq: 5}, nil, false); !stored {
+		t.Fatalf("record 5 not stored")
+	}
+	if stored, _ := m.record(t0, a, &Record{Seq: 4}, nil, true); stored {
+		t.Errorf("older record 4 replaced record 5")
+	}
+	if want, _ := m.heartbeat(t0, a, heartbeat{Instance: "i", Seq: 2, RecordSeq: 5}); want {
+		t.Errorf("heartbeat advertising the held record asks for it again")
+	}
+	if want, _ := m.heartbeat(t0, a, heartbeat{Instance: "i", Seq: 3, RecordSeq: 6}); !want {
+		t.Errorf("heartbeat advertising record 6 does not ask for it")
+	}
+}

@@ -1,0 +1,65 @@
+package mesh
+
+import (
+	"strings"
+
+	"github.com/libp2p/go-libp2p/core/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// meshMetrics counts what the mesh refused and how the membership moves.
+type meshMetrics struct {
+	admissions      *prometheus.CounterVec
+	recordsRejected *prometheus.CounterVec
+	gossipRejected  *prometheus.CounterVec
+	transitions     *prometheus.CounterVec
+	members         *prometheus.GaugeVec
+}
+
+func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *meshMetrics {
+	m := &meshMetrics{
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_mesh_admissions_total",
+			Help: "Pool admission handshakes by result (ok, bad_proof, duplicate_identity, timeout, error).",
+		}, []string{"result"}),
+		recordsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_mesh_records_rejected_total",
+			Help: "Node records refused, by reason (signature, foreign_peer, stale, replayed, too_large, malformed).",
+		}, []string{"reason"}),
+		gossipRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_mesh_gossip_rejected_total",
+			Help: "Gossip messages refused, by reason (too_large, malformed).",
+		}, []string{"reason"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_mesh_member_transitions_total",
+			Help: "Membership state changes, by the state entered.",
+		}, []string{"to"}),
+		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "shoal_mesh_members",
+			Help: "Members known to this node (itself excluded), by state.",
+		}, []string{"state"}),
+	}
+	if reg == nil {
+		return m
+	}
+	gossip := func(in bool) func() float64 {
+		return func() float64 {
+			var sum int64
+			for proto, st := range bw.GetBandwidthByProtocol() {
+				if strings.HasPrefix(string(proto), "/meshsub/") {
+					if in {
+						sum += st.TotalIn
+					} else {
+						sum += st.TotalOut
+					}
+				}
+			}
+			return float64(sum)
+		}
+	}
+	reg.MustRegister(m.admissions, m.recordsRejected, m.gossipRejected, m.transitions, m.members,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_received_bytes_total", Help: "GossipSub bytes received."}, gossip(true)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_sent_bytes_total", Help: "GossipSub bytes sent."}, gossip(false)),
+	)
+	return m
+}
