@@ -221,6 +221,7 @@ func (n *Node) startProtocols(ctx context.Context) error {
 		// Heartbeats go to the mesh, not to every topic peer: flooding
 		// multiplies duplicates by the pool size.
 		pubsub.WithFloodPublish(false),
+		pubsub.WithGossipSubParams(gossipParams()),
 	)
 	if err != nil {
 		_ = kad.Close()
@@ -260,6 +261,17 @@ func (n *Node) startProtocols(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// gossipParams trims GossipSub for small, chatty messages: every member
+// hears every heartbeat, so the cost per node grows with the pool size times
+// the mesh degree plus the message IDs advertised in IHAVE gossip.
+func gossipParams() pubsub.GossipSubParams {
+	p := pubsub.DefaultGossipSubParams()
+	p.D, p.Dlo, p.Dhi, p.Dscore, p.Dout = 4, 3, 8, 2, 1
+	p.Dlazy = 4
+	p.HistoryGossip = 2
+	return p
 }
 
 // missingListeners names the configured addresses no listener answers for.
