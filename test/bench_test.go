@@ -31,14 +31,7 @@ func BenchmarkPoolProcesses(b *testing.B) {
 			n := Join(b, NewHome(b), token, "--gpu", "RTX 3060:12GiB")
 			id := n.PeerID()
 			all := append(nodes, n)
-			if !Eventually(30*time.Second, func() bool {
-				for _, m := range all {
-					if StateOf(m.Nodes(), id) != "alive" {
-						return false
-					}
-				}
-				return true
-			}) {
+			if !Eventually(30*time.Second, func() bool { return ListedBy(all, id, "alive") }) {
 				b.Fatalf("join %d never listed by every member", j)
 			}
 			joins = append(joins, time.Since(t0))
@@ -51,14 +44,7 @@ func BenchmarkPoolProcesses(b *testing.B) {
 		id := victim.PeerID()
 		t0 = time.Now()
 		victim.Kill()
-		if !Eventually(30*time.Second, func() bool {
-			for _, m := range nodes[:3] {
-				if StateOf(m.Nodes(), id) != "dead" {
-					return false
-				}
-			}
-			return true
-		}) {
+		if !Eventually(30*time.Second, func() bool { return ListedBy(nodes[:3], id, "dead") }) {
 			b.Fatal("killed member never marked dead by all")
 		}
 		detect := time.Since(t0)

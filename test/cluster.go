@@ -237,6 +237,16 @@ func StateOf(ms []Member, peer string) string {
 	return ""
 }
 
+// ListedBy reports whether every node in nodes lists peer in state.
+func ListedBy(nodes []*Node, peer, state string) bool {
+	for _, n := range nodes {
+		if StateOf(n.Nodes(), peer) != state {
+			return false
+		}
+	}
+	return true
+}
+
 // Eventually polls cond every 50 ms until it holds or d passes.
 func Eventually(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
