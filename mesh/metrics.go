@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"strings"
+	"sync/atomic"
 
 	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,6 +15,8 @@ type meshMetrics struct {
 	gossipRejected  *prometheus.CounterVec
 	transitions     *prometheus.CounterVec
 	members         *prometheus.GaugeVec
+	gossip          *gossipTracer
+	suspicions      atomic.Int64
 }
 
 func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *meshMetrics {
@@ -38,6 +41,7 @@ func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *me
 			Name: "shoal_mesh_members",
 			Help: "Members known to this node (itself excluded), by state.",
 		}, []string{"state"}),
+		gossip: newGossipTracer(),
 	}
 	if reg == nil {
 		return m
@@ -57,7 +61,7 @@ func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *me
 			return float64(sum)
 		}
 	}
-	reg.MustRegister(m.admissions, m.recordsRejected, m.gossipRejected, m.transitions, m.members,
+	reg.MustRegister(m.admissions, m.recordsRejected, m.gossipRejected, m.transitions, m.members, m.gossip.dropped,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_received_bytes_total", Help: "GossipSub bytes received."}, gossip(true)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_sent_bytes_total", Help: "GossipSub bytes sent."}, gossip(false)),
 	)

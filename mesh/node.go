@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -31,6 +32,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
+	"github.com/multiformats/go-multistream"
 
 	"github.com/shoalmesh/shoal/hardware"
 )
@@ -58,6 +60,9 @@ const (
 	// maxGossipRPC bounds one GossipSub RPC (several messages and control).
 	maxGossipRPC   = 256 << 10
 	requestTimeout = 5 * time.Second
+	// gossipQueue bounds GossipSub's per-peer outbound, validation and
+	// delivery queues, in messages (about 300 B each).
+	gossipQueue = 128
 )
 
 // Node is one member of a pool: its libp2p host, admission, DHT, gossip and
@@ -222,6 +227,12 @@ func (n *Node) startProtocols(ctx context.Context) error {
 		// multiplies duplicates by the pool size.
 		pubsub.WithFloodPublish(false),
 		pubsub.WithGossipSubParams(gossipParams()),
+		pubsub.WithRawTracer(n.met.gossip),
+		// Queues sized for a join storm: the defaults (32) drop heartbeats
+		// whenever the machine is briefly busy, and a member whose beats are
+		// dropped for SuspectAfter turns suspect though it is alive.
+		pubsub.WithPeerOutboundQueueSize(gossipQueue),
+		pubsub.WithValidateQueueSize(gossipQueue),
 	)
 	if err != nil {
 		_ = kad.Close()
@@ -237,29 +248,10 @@ func (n *Node) startProtocols(ctx context.Context) error {
 		_ = kad.Close()
 		return err
 	}
-	if n.sub, err = n.topic.Subscribe(); err != nil {
+	if n.sub, err = n.topic.Subscribe(pubsub.WithBufferSize(gossipQueue)); err != nil {
 		_ = kad.Close()
 		return err
 	}
-	events, err := n.topic.EventHandler()
-	if err != nil {
-		_ = kad.Close()
-		return err
-	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		defer events.Cancel()
-		for {
-			ev, err := events.NextPeerEvent(n.ctx)
-			if err != nil {
-				return
-			}
-			if ev.Type == pubsub.PeerJoin {
-				n.beatSoon() // let the newcomer learn of us at once
-			}
-		}
-	}()
 	return nil
 }
 
@@ -525,7 +517,10 @@ func (n *Node) initiate(p peer.ID) error {
 	defer cancel()
 	s, err := n.host.NewStream(network.WithAllowLimitedConn(ctx, "admission"), p, admitProtocol)
 	if err != nil {
-		n.refuse(p, nil, fmt.Errorf("%w: %s does not speak shoal admission: %v", ErrAdmissionRefused, p, err))
+		if errors.Is(err, multistream.ErrNotSupported[protocol.ID]{}) {
+			err = fmt.Errorf("%w: %s does not speak shoal admission: %v", ErrAdmissionRefused, p, err)
+		}
+		n.refuse(p, nil, err)
 		return err
 	}
 	defer s.Close()
@@ -570,12 +565,16 @@ func (n *Node) refuse(p peer.ID, c network.Conn, err error) {
 			_ = c.Close()
 		}
 		return
-	default:
+	case errors.Is(err, ErrAdmissionRefused):
 		n.adm.count(admitResult(err))
 		n.log.Warn("refused peer: admission failed", "peer", p, "err", err)
-	}
-	if !errors.Is(err, ErrDuplicateIdentity) {
 		n.adm.ban(p)
+	default:
+		// A timeout or a broken stream proves nothing about p (a loaded
+		// machine is slow, not hostile): drop the connection, ban nobody,
+		// and let the next dial try again.
+		n.adm.count(admitResult(err))
+		n.log.Debug("admission did not complete", "peer", p, "err", err)
 	}
 	if c != nil {
 		_ = c.Close()
@@ -585,8 +584,11 @@ func (n *Node) refuse(p peer.ID, c network.Conn, err error) {
 }
 
 func admitResult(err error) string {
-	if errors.Is(err, ErrAdmissionRefused) {
+	switch {
+	case errors.Is(err, ErrAdmissionRefused):
 		return "bad_proof"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout"
 	}
 	return "error"
 }
@@ -646,9 +648,21 @@ func (n *Node) onAdmit(p peer.ID, hello admitHello) {
 	n.log.Debug("admitted", "peer", p, "name", hello.Name)
 	n.host.ConnManager().TagPeer(p, "shoal-member", 10)
 	_, _ = n.dht.RoutingTable().TryAddPeer(p, true, false)
-	n.beatSoon()
+	// No extra heartbeat here: with every member admitting every newcomer,
+	// one beat per admission floods the pool with N² heartbeats during a
+	// mass join. The newcomer learns of us from the sync below; we learn of
+	// it from the record fetched below and from its own heartbeats.
+	n.mu.Lock()
+	st, known := n.members.state(p)
+	n.mu.Unlock()
 	go n.fetchRecord(p, p)
-	go n.syncFrom(p)
+	// Push-pull sync (as memberlist does on join) only with a peer that may
+	// know members we do not: one we had not met, or one we had lost (a
+	// partition healing). Two members that see each other alive already
+	// share a view; syncing every pair would move N² records.
+	if !known || st != StateAlive {
+		go n.syncFrom(p)
+	}
 }
 
 // syncFrom pulls every live record p holds (push-pull on admission, as
@@ -677,6 +691,12 @@ func (n *Node) syncFrom(p peer.ID) {
 		id, err := peer.IDFromBytes(idb)
 		if err != nil || id == n.ID() {
 			continue
+		}
+		n.mu.Lock()
+		same := bytes.Equal(n.members.rawOf(id), raw)
+		n.mu.Unlock()
+		if same {
+			continue // the very record we verified already
 		}
 		rec, err := VerifyRecord(raw, n.poolID, id, time.Now())
 		if err != nil {
@@ -899,6 +919,9 @@ func (n *Node) logTransition(tr transition) {
 		to = "forgotten"
 	}
 	n.met.transitions.WithLabelValues(to).Inc()
+	if tr.to == StateSuspect {
+		n.met.suspicions.Add(1)
+	}
 	switch tr.to {
 	case StateAlive:
 		n.log.Info("member alive", "peer", tr.peer, "was", tr.from)
@@ -1197,11 +1220,14 @@ func (n *Node) KnownPeers() []peer.AddrInfo {
 type Stats struct {
 	GossipBytesIn, GossipBytesOut int64
 	ConnectedMembers              int
+	// GossipLost counts gossip dropped on the way (full queues, a slow
+	// reader, refused messages); Suspicions counts members turned suspect.
+	GossipLost, Suspicions int64
 }
 
 // Stats reports gossip traffic so far and connected members.
 func (n *Node) Stats() Stats {
-	var s Stats
+	s := Stats{GossipLost: n.met.gossip.lost.Load(), Suspicions: n.met.suspicions.Load()}
 	for proto, st := range n.bw.GetBandwidthByProtocol() {
 		if strings.HasPrefix(string(proto), "/meshsub/") {
 			s.GossipBytesIn += st.TotalIn
