@@ -65,6 +65,7 @@ Exit status: 0 success, 1 error, 2 usage error (bad flag, argument or token).`,
 		a.leaveCmd(),
 		a.resetIdentityCmd(),
 		a.versionCmd(),
+		a.templatesCmd(),
 	)
 	return root
 }
