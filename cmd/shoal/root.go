@@ -66,6 +66,7 @@ Exit status: 0 success, 1 error, 2 usage error (bad flag, argument or token).`,
 		a.resetIdentityCmd(),
 		a.versionCmd(),
 		a.templatesCmd(),
+		a.simCmd(),
 	)
 	return root
 }
