@@ -1,0 +1,433 @@
+package weightcache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+)
+
+// partial is a model being written by one fetch and read by the server at
+// the same time. Chunks enter it only verified; a file becomes a blob only
+// once its whole-file SHA-256 matches too.
+//
+// Concurrency: write and read may be called from any goroutine; finish is
+// called by the fetch that opened it, and close once, by the same owner.
+type partial struct {
+	s  *Store
+	id string
+	l  *layout
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	have   []bool // per chunk, verified and written
+	nhave  int
+	files  []*pfile
+	subs   map[chan int]struct{}
+	failed error // set by abort: wakes and stops finish
+	refs   int   // owner plus server sessions; files close at 0
+	closed bool  // the owner is done: subscriptions are closed
+}
+
+type pfile struct {
+	f    *os.File // partial file (read-write) or blob (read-only)
+	log  *os.File // have log; nil once the file is a blob
+	done bool     // the file is a verified blob
+}
+
+// openPartial opens model id for writing. Chunks already held (complete
+// blobs, or chunks listed in a have log that still verify) count as had.
+func (s *Store) openPartial(id string) (*partial, error) {
+	m, err := s.loadManifest(id)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.active[id] != nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("%w: %s", ErrBusy, id)
+	}
+	p := &partial{s: s, id: id, l: newLayout(m), subs: map[chan int]struct{}{}, refs: 1}
+	p.cond = sync.NewCond(&p.mu)
+	p.have = make([]bool, len(p.l.chunks))
+	s.active[id] = p
+	s.mu.Unlock()
+	for i, f := range m.Files {
+		pf, err := p.openFile(i, f)
+		if err != nil {
+			p.close()
+			return nil, err
+		}
+		p.files = append(p.files, pf)
+	}
+	return p, nil
+}
+
+func (p *partial) openFile(i int, f File) (*pfile, error) {
+	first, last := p.l.first[i], p.l.first[i+1]
+	if b, err := os.Open(p.s.blobPath(f.SHA256)); err == nil {
+		if fi, err := b.Stat(); err == nil && fi.Size() == f.Size {
+			for c := first; c < last; c++ {
+				p.have[c] = true
+			}
+			p.nhave += last - first
+			return &pfile{f: b, done: true}, nil
+		}
+		b.Close()
+	}
+	pp := p.s.partialPath(f.SHA256)
+	w, err := os.OpenFile(pp, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, diskErr(err)
+	}
+	fi, err := w.Stat()
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("weightcache: %w", err)
+	}
+	if fi.Size() != f.Size {
+		// Longer than the manifest says: cut; shorter: extend (sparse).
+		if err := w.Truncate(f.Size); err != nil {
+			w.Close()
+			return nil, diskErr(err)
+		}
+	}
+	// Resume: trust the have log only as far as the chunks still verify.
+	if logb, err := os.ReadFile(pp + ".have"); err == nil {
+		buf := make([]byte, p.l.m.ChunkSize)
+		for len(logb) >= 4 {
+			c := first + int(binary.LittleEndian.Uint32(logb))
+			logb = logb[4:]
+			if c >= last || p.have[c] {
+				continue
+			}
+			ch := p.l.chunks[c]
+			if _, err := w.ReadAt(buf[:ch.n], ch.off); err != nil && !errors.Is(err, io.EOF) {
+				continue
+			}
+			if p.l.verifyChunk(c, buf[:ch.n]) {
+				p.have[c] = true
+				p.nhave++
+			}
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		w.Close()
+		return nil, fmt.Errorf("weightcache: %w", err)
+	}
+	lg, err := os.OpenFile(pp+".have", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		w.Close()
+		return nil, diskErr(err)
+	}
+	pf := &pfile{f: w, log: lg}
+	return pf, nil
+}
+
+// has reports whether chunk i is held.
+func (p *partial) has(i int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.have[i]
+}
+
+// bitfield is the have-map: bit i (MSB first) set when chunk i is held.
+func (p *partial) bitfield() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	bf := make([]byte, (len(p.have)+7)/8)
+	for i, h := range p.have {
+		if h {
+			bf[i/8] |= 0x80 >> (i % 8)
+		}
+	}
+	return bf
+}
+
+// haveBytes is the size of the chunks held.
+func (p *partial) haveBytes() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var n int64
+	for i, h := range p.have {
+		if h {
+			n += int64(p.l.chunks[i].n)
+		}
+	}
+	return n
+}
+
+// subscribe returns a channel that receives the index of every chunk
+// written from now on, and the have-map at the moment of subscribing.
+func (p *partial) subscribe() (chan int, []byte) {
+	bf := p.bitfield()
+	ch := make(chan int, len(p.have))
+	p.mu.Lock()
+	if p.closed {
+		close(ch)
+		p.mu.Unlock()
+		return ch, bf
+	}
+	p.subs[ch] = struct{}{}
+	// Chunks written between bitfield() and now: announce them.
+	for i, h := range p.have {
+		if h && bf[i/8]&(0x80>>(i%8)) == 0 {
+			ch <- i
+		}
+	}
+	p.mu.Unlock()
+	return ch, bf
+}
+
+func (p *partial) unsubscribe(ch chan int) {
+	p.mu.Lock()
+	delete(p.subs, ch)
+	p.mu.Unlock()
+}
+
+// write stores chunk i, which the caller has verified. A chunk already
+// held is ignored (end-game duplicates). It reports whether it wrote.
+func (p *partial) write(i int, data []byte) (bool, error) {
+	if p.has(i) {
+		return false, nil
+	}
+	c := p.l.chunks[i]
+	pf := p.files[c.file]
+	if h := p.s.writeHook; h != nil {
+		if err := h(len(data)); err != nil {
+			return false, diskErr(err)
+		}
+	}
+	if _, err := pf.f.WriteAt(data, c.off); err != nil {
+		return false, diskErr(err)
+	}
+	var rec [4]byte
+	binary.LittleEndian.PutUint32(rec[:], uint32(i-p.l.first[c.file]))
+	if _, err := pf.log.Write(rec[:]); err != nil {
+		return false, diskErr(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.have[i] {
+		return false, nil
+	}
+	p.have[i] = true
+	p.nhave++
+	for ch := range p.subs {
+		select {
+		case ch <- i: // one slot per chunk: only a re-fetched chunk could find it full
+		default:
+		}
+	}
+	p.cond.Broadcast()
+	return true, nil
+}
+
+// read returns chunk i into buf after checking it against its hash.
+func (p *partial) read(i int, buf []byte) ([]byte, error) {
+	if !p.has(i) {
+		return nil, fmt.Errorf("%w: chunk %d not held", ErrIncomplete, i)
+	}
+	c := p.l.chunks[i]
+	buf = buf[:c.n]
+	if _, err := p.files[c.file].f.ReadAt(buf, c.off); err != nil && !(errors.Is(err, io.EOF) && c.n == 0) {
+		return nil, fmt.Errorf("weightcache: reading chunk %d: %w", i, err)
+	}
+	if !p.l.verifyChunk(i, buf) {
+		return nil, fmt.Errorf("%w: stored chunk %d of %s", ErrHashMismatch, i, p.id)
+	}
+	return buf, nil
+}
+
+// abort stops finish with err.
+func (p *partial) abort(err error) {
+	p.mu.Lock()
+	if p.failed == nil {
+		p.failed = err
+	}
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+// waitChunk blocks until chunk i is held, or the partial is aborted.
+func (p *partial) waitChunk(i int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for !p.have[i] && p.failed == nil {
+		p.cond.Wait()
+	}
+	if p.have[i] {
+		return nil
+	}
+	return p.failed
+}
+
+// finish follows the download file by file and chunk by chunk in order,
+// hashing each file whole as its chunks arrive (rarest-first breaks ties
+// by index, so it rarely waits long), and turns each verified file into a
+// blob. It returns when every file is a blob, or with the abort error.
+// The caller then calls complete.
+func (p *partial) finish(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { p.abort(ctx.Err()) })
+	defer stop()
+	buf := make([]byte, p.l.m.ChunkSize)
+	for fi, f := range p.l.m.Files {
+		pf := p.files[fi]
+		if pf.done {
+			continue
+		}
+		h := sha256.New()
+		for c := p.l.first[fi]; c < p.l.first[fi+1]; c++ {
+			if err := p.waitChunk(c); err != nil {
+				return err
+			}
+			ch := p.l.chunks[c]
+			if _, err := pf.f.ReadAt(buf[:ch.n], ch.off); err != nil {
+				return fmt.Errorf("weightcache: %w", err)
+			}
+			h.Write(buf[:ch.n])
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 {
+			// Every chunk matched but the whole does not: the manifest
+			// contradicts itself. Nothing of this file can be trusted.
+			p.dropFile(fi)
+			return fmt.Errorf("%w: %s: file sha256 %s, manifest says %s", ErrHashMismatch, f.Path, got, f.SHA256)
+		}
+		if err := p.promote(fi); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// promote turns verified file fi into a blob.
+func (p *partial) promote(fi int) error {
+	f := p.l.m.Files[fi]
+	pf := p.files[fi]
+	if err := pf.f.Sync(); err != nil {
+		return diskErr(err)
+	}
+	if err := pf.f.Chmod(0o444); err != nil {
+		return fmt.Errorf("weightcache: %w", err)
+	}
+	pp := p.s.partialPath(f.SHA256)
+	if err := os.Rename(pp, p.s.blobPath(f.SHA256)); err != nil {
+		return fmt.Errorf("weightcache: %w", err)
+	}
+	pf.log.Close()
+	pf.log = nil
+	_ = os.Remove(pp + ".have")
+	p.mu.Lock()
+	pf.done = true
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *partial) dropFile(fi int) {
+	f := p.l.m.Files[fi]
+	pp := p.s.partialPath(f.SHA256)
+	_ = os.Remove(pp + ".have")
+	_ = os.Remove(pp)
+	p.mu.Lock()
+	for c := p.l.first[fi]; c < p.l.first[fi+1]; c++ {
+		if p.have[c] {
+			p.have[c] = false
+			p.nhave--
+		}
+	}
+	p.mu.Unlock()
+}
+
+// complete marks the model complete in the store.
+func (p *partial) complete() error {
+	s := p.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ms := s.st.Models[p.id]
+	if ms == nil {
+		return fmt.Errorf("%w: %s removed while fetching", ErrNotFound, p.id)
+	}
+	ms.Complete = true
+	ms.LastUsed = s.cfg.Now()
+	return s.saveLocked()
+}
+
+// close ends the owner's use, after every writer has stopped: the model
+// is no longer busy, subscriptions close (a session serving this download
+// ends, and its fetcher may come back to whatever serves the model next),
+// and the files close once no server session reads them either.
+func (p *partial) close() {
+	p.abort(ErrClosed)
+	p.s.mu.Lock()
+	if p.s.active[p.id] == p {
+		delete(p.s.active, p.id)
+	}
+	p.s.mu.Unlock()
+	p.mu.Lock()
+	p.closed = true
+	for ch := range p.subs {
+		close(ch)
+	}
+	p.subs = map[chan int]struct{}{}
+	p.mu.Unlock()
+	p.release()
+}
+
+func (p *partial) release() {
+	p.mu.Lock()
+	p.refs--
+	last := p.refs == 0
+	p.mu.Unlock()
+	if !last {
+		return
+	}
+	for _, pf := range p.files {
+		pf.f.Close()
+		if pf.log != nil {
+			pf.log.Close()
+		}
+	}
+}
+
+// openReader returns model id for serving: the partial being written, or
+// a read-only view of a complete model. The caller releases it.
+func (s *Store) openReader(id string) (*partial, error) {
+	s.mu.Lock()
+	if p := s.active[id]; p != nil {
+		p.mu.Lock()
+		p.refs++
+		p.mu.Unlock()
+		s.mu.Unlock()
+		return p, nil
+	}
+	ms := s.st.Models[id]
+	s.mu.Unlock()
+	if ms == nil || !ms.Complete {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	m, err := s.loadManifest(id)
+	if err != nil {
+		return nil, err
+	}
+	p := &partial{s: s, id: id, l: newLayout(m), subs: map[chan int]struct{}{}, refs: 1}
+	p.cond = sync.NewCond(&p.mu)
+	p.have = make([]bool, len(p.l.chunks))
+	for i := range p.have {
+		p.have[i] = true
+	}
+	p.nhave = len(p.have)
+	for _, f := range m.Files {
+		b, err := os.Open(s.blobPath(f.SHA256))
+		if err != nil {
+			p.release()
+			return nil, fmt.Errorf("%w: %s: %v", ErrIncomplete, id, err)
+		}
+		p.files = append(p.files, &pfile{f: b, done: true})
+	}
+	return p, nil
+}

@@ -1,0 +1,123 @@
+package weightcache
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+func bits(n int, set func(i int) bool) []byte {
+	bf := make([]byte, (n+7)/8)
+	for i := 0; i < n; i++ {
+		if set(i) {
+			bf[i/8] |= 0x80 >> (i % 8)
+		}
+	}
+	return bf
+}
+
+func TestPickerRarestFirstThenEndGame(t *testing.T) {
+	const n = 6
+	pk := newPicker(make([]bool, n), 2)
+	a, b := peer.ID("a"), peer.ID("b")
+	pk.addPeer(a, bits(n, func(int) bool { return true }))
+	pk.addPeer(b, bits(n, func(i int) bool { return i < 3 }))
+	// Chunks 3..5 only a has: rarest, so a gets them first, in index order.
+	for _, want := range []int{3, 4, 5, 0} {
+		if got, ok := pk.next(a); !ok || got != want {
+			t.Fatalf("next(a) = %d, %v; want %d", got, ok, want)
+		}
+	}
+	for _, want := range []int{1, 2} {
+		if got, ok := pk.next(b); !ok || got != want {
+			t.Fatalf("next(b) = %d, %v; want %d", got, ok, want)
+		}
+	}
+	// Everything is asked for: end game gives b a duplicate of a chunk it
+	// has and has not asked for, the least duplicated first.
+	if got, ok := pk.next(b); !ok || got != 0 {
+		t.Fatalf("end game next(b) = %d, %v; want 0", got, ok)
+	}
+	if _, ok := pk.next(b); ok {
+		t.Fatal("b was given a chunk it does not have or already asked for")
+	}
+	if !pk.received(b, 0, true) || pk.received(a, 0, true) {
+		t.Fatal("chunk 0 must be new once and a duplicate the second time")
+	}
+	// a is dropped: its requests go back, and b cannot take 3..5.
+	pk.removePeer(a)
+	if _, ok := pk.next(b); ok {
+		t.Fatal("b was given work it cannot do")
+	}
+}
+
+// TestPickerProperty drives random swarms to completion and checks the
+// invariants every step: a peer is only asked for chunks it has and we
+// lack, never twice at once, duplicates only in the end game and at most
+// maxDup per chunk, and the download always completes while some peer
+// holds each missing chunk.
+func TestPickerProperty(t *testing.T) {
+	for seed := uint64(0); seed < 200; seed++ {
+		r := rand.New(rand.NewPCG(seed, 1))
+		n := 1 + r.IntN(40)
+		have := make([]bool, n)
+		for i := range have {
+			have[i] = r.IntN(4) == 0
+		}
+		pk := newPicker(have, 1+r.IntN(3))
+		peers := make([]peer.ID, 1+r.IntN(5))
+		holds := map[peer.ID][]bool{}
+		for j := range peers {
+			peers[j] = peer.ID(fmt.Sprint("p", j))
+			h := make([]bool, n)
+			for i := range h {
+				h[i] = j == 0 || r.IntN(2) == 0 // peer 0 is a seeder
+			}
+			holds[peers[j]] = h
+			pk.addPeer(peers[j], bits(n, func(i int) bool { return h[i] }))
+		}
+		inflight := map[peer.ID][]int{}
+		for steps := 0; !pk.done(); steps++ {
+			if steps > 100*n+100 {
+				t.Fatalf("seed %d: no progress", seed)
+			}
+			p := peers[r.IntN(len(peers))]
+			if r.IntN(2) == 0 || len(inflight[p]) == 0 {
+				i, ok := pk.next(p)
+				if !ok {
+					continue
+				}
+				if !holds[p][i] || pk.have[i] {
+					t.Fatalf("seed %d: asked %s for chunk %d (holds %v, have %v)", seed, p, i, holds[p][i], pk.have[i])
+				}
+				for _, j := range inflight[p] {
+					if j == i {
+						t.Fatalf("seed %d: chunk %d asked twice of %s", seed, i, p)
+					}
+				}
+				if pk.flight[i] > 1 {
+					for k, h := range pk.have {
+						if !h && pk.flight[k] == 0 {
+							t.Fatalf("seed %d: duplicate request for %d while %d is unasked", seed, i, k)
+						}
+					}
+				}
+				if pk.flight[i] > pk.maxDup {
+					t.Fatalf("seed %d: chunk %d in flight %d times", seed, i, pk.flight[i])
+				}
+				inflight[p] = append(inflight[p], i)
+				continue
+			}
+			i := inflight[p][0]
+			inflight[p] = inflight[p][1:]
+			pk.received(p, i, true)
+		}
+		for i, h := range pk.have {
+			if !h {
+				t.Fatalf("seed %d: done with chunk %d missing", seed, i)
+			}
+		}
+	}
+}
