@@ -77,10 +77,13 @@ type transition struct {
 type membership struct {
 	t       timing
 	members map[peer.ID]*memberState
+	// stretch multiplies suspectAfter and deadAfter while this node itself
+	// is unhealthy (see localHealth); 1 when healthy.
+	stretch time.Duration
 }
 
 func newMembership(t timing) *membership {
-	return &membership{t: t, members: map[peer.ID]*memberState{}}
+	return &membership{t: t, members: map[peer.ID]*memberState{}, stretch: 1}
 }
 
 // heartbeat records a heartbeat from id at now. It reports whether the sender
@@ -159,22 +162,27 @@ func (m *membership) leave(now time.Time, id peer.ID) *transition {
 	return tr
 }
 
+// setHealth stretches the suspicion and death timeouts by 1+score while
+// this node is unhealthy (score from localHealth).
+func (m *membership) setHealth(score int) { m.stretch = time.Duration(1 + score) }
+
 // tick advances the failure detector to now and returns the state changes.
 func (m *membership) tick(now time.Time) []transition {
 	var out []transition
+	suspectAfter, deadAfter := m.t.suspectAfter*m.stretch, m.t.deadAfter*m.stretch
 	for id, ms := range m.members {
 		silent := now.Sub(ms.lastSeen)
 		switch ms.state {
 		case StateAlive:
-			if silent > m.t.deadAfter {
+			if silent > deadAfter {
 				out = append(out, transition{id, ms.state, StateDead})
 				ms.state = StateDead
-			} else if silent > m.t.suspectAfter {
+			} else if silent > suspectAfter {
 				out = append(out, transition{id, ms.state, StateSuspect})
 				ms.state = StateSuspect
 			}
 		case StateSuspect:
-			if silent > m.t.deadAfter {
+			if silent > deadAfter {
 				out = append(out, transition{id, ms.state, StateDead})
 				ms.state = StateDead
 			}

@@ -64,3 +64,40 @@ func TestMembershipRecords(t *testing.T) {
 		t.Errorf("heartbeat advertising record 6 does not ask for it")
 	}
 }
+
+func TestUnhealthyNodeStretchesTimeouts(t *testing.T) {
+	start := time.Unix(1000, 0)
+	m := newMembership(timing{suspectAfter: time.Second, deadAfter: 2 * time.Second, forgetAfter: time.Minute})
+	id := peer.ID("member")
+	m.heartbeat(start, id, heartbeat{Instance: "x", Seq: 1})
+	var h localHealth
+	h.observe(true, false)
+	m.setHealth(h.observe(false, true)) // two unhealthy ticks: stretch 3x
+	if trs := m.tick(start.Add(2500 * time.Millisecond)); len(trs) != 0 {
+		t.Errorf("tick at 2.5 s with stretch 3 = %v; want no change (suspect after 3 s)", trs)
+	}
+	if trs := m.tick(start.Add(3500 * time.Millisecond)); len(trs) != 1 || trs[0].to != StateSuspect {
+		t.Errorf("tick at 3.5 s = %v; want suspect", trs)
+	}
+	m.setHealth(h.observe(false, false))
+	m.setHealth(h.observe(false, false)) // healthy again
+	if trs := m.tick(start.Add(2500 * time.Millisecond)); len(trs) != 1 || trs[0].to != StateDead {
+		t.Errorf("tick at 2.5 s once healthy = %v; want dead", trs)
+	}
+}
+
+func TestLocalHealthScoreIsBounded(t *testing.T) {
+	var h localHealth
+	for range 20 {
+		h.observe(true, true)
+	}
+	if h.score != maxHealthScore {
+		t.Errorf("score after 20 bad ticks = %d; want %d", h.score, maxHealthScore)
+	}
+	for range 20 {
+		h.observe(false, false)
+	}
+	if h.score != 0 {
+		t.Errorf("score after 20 good ticks = %d; want 0", h.score)
+	}
+}

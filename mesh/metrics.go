@@ -16,6 +16,7 @@ type meshMetrics struct {
 	transitions     *prometheus.CounterVec
 	members         *prometheus.GaugeVec
 	gossip          *gossipTracer
+	health          prometheus.Gauge
 	suspicions      atomic.Int64
 }
 
@@ -42,6 +43,10 @@ func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *me
 			Help: "Members known to this node (itself excluded), by state.",
 		}, []string{"state"}),
 		gossip: newGossipTracer(),
+		health: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "shoal_mesh_local_health_score",
+			Help: "How overloaded this node looks to itself (0 healthy, up to 8); failure-detection timeouts are stretched by 1 + score.",
+		}),
 	}
 	if reg == nil {
 		return m
@@ -61,7 +66,7 @@ func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *me
 			return float64(sum)
 		}
 	}
-	reg.MustRegister(m.admissions, m.recordsRejected, m.gossipRejected, m.transitions, m.members, m.gossip.dropped,
+	reg.MustRegister(m.admissions, m.recordsRejected, m.gossipRejected, m.transitions, m.members, m.gossip.dropped, m.health,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_received_bytes_total", Help: "GossipSub bytes received."}, gossip(true)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_sent_bytes_total", Help: "GossipSub bytes sent."}, gossip(false)),
 	)

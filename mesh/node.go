@@ -28,6 +28,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/multiformats/go-multiaddr"
@@ -154,6 +155,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		libp2p.Transport(quic.NewTransport),
 		libp2p.ConnectionGater(gater{n.adm}),
 		libp2p.ConnectionManager(cm),
+		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirstDialRanker)),
 		libp2p.BandwidthReporter(n.bw),
 		libp2p.UserAgent("shoal/" + cfg.Version),
 		libp2p.DisableMetrics(),
@@ -858,12 +860,25 @@ func (n *Node) heartbeatLoop() {
 	minGap := n.cfg.HeartbeatInterval / 4
 	var last time.Time
 	var pending <-chan time.Time
+	var health localHealth
+	lastTick, lost := time.Now(), n.met.gossip.lost.Load()
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
 		case <-t.C:
-			n.tick(time.Now())
+			now := time.Now()
+			// A tick half an interval late, or gossip dropped since the last
+			// one, says this node is overloaded: hold off suspecting others.
+			late := now.Sub(lastTick) > n.cfg.HeartbeatInterval*3/2
+			l := n.met.gossip.lost.Load()
+			score := health.observe(late, l > lost)
+			lastTick, lost = now, l
+			n.met.health.Set(float64(score))
+			n.mu.Lock()
+			n.members.setHealth(score)
+			n.mu.Unlock()
+			n.tick(now)
 		case <-n.kick:
 			if wait := minGap - time.Since(last); wait > 0 {
 				if pending == nil {
