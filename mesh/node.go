@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -96,6 +98,7 @@ type Node struct {
 	mu          sync.Mutex
 	members     *membership
 	inventory   hardware.Inventory
+	models      []ModelRef
 	record      *Record
 	recordBytes []byte
 	hbSeq       uint64
@@ -667,6 +670,35 @@ func (n *Node) onAdmit(p peer.ID, hello admitHello) {
 	}
 }
 
+// antiEntropyInterval is the pause between push-pull syncs with a random
+// member, by the node's age. Young nodes sync often: in a mass join the
+// bootstrap peer knew only part of the pool when each newcomer synced with
+// it, and random pairwise syncs spread the whole view in O(log N) rounds
+// instead of waiting for a heartbeat from every member. Older nodes sync
+// rarely, to repair what gossip lost.
+func antiEntropyInterval(age time.Duration) time.Duration {
+	if age < time.Minute {
+		return 2 * time.Second
+	}
+	return 30 * time.Second
+}
+
+// syncRandom syncs with one random connected, alive member.
+func (n *Node) syncRandom() {
+	var cands []peer.ID
+	n.mu.Lock()
+	for _, m := range n.members.list() {
+		if m.State == StateAlive && n.host.Network().Connectedness(m.PeerID) == network.Connected && n.adm.isAdmitted(m.PeerID) {
+			cands = append(cands, m.PeerID)
+		}
+	}
+	n.mu.Unlock()
+	if len(cands) == 0 {
+		return
+	}
+	go n.syncFrom(cands[mrand.IntN(len(cands))])
+}
+
 // syncFrom pulls every live record p holds (push-pull on admission, as
 // memberlist does): a newcomer learns the pool at once instead of record by
 // record. Each record is verified against the key of the peer it names.
@@ -789,6 +821,25 @@ func (n *Node) SetInventory(inv hardware.Inventory) {
 	}
 }
 
+// SetModels replaces the models this node announces in its record (the
+// complete models of its weight cache), keeping the first MaxRecordModels.
+// A change republishes the record.
+func (n *Node) SetModels(ms []ModelRef) {
+	if len(ms) > MaxRecordModels {
+		ms = ms[:MaxRecordModels]
+	}
+	ms = append([]ModelRef(nil), ms...)
+	n.mu.Lock()
+	changed := !slices.Equal(n.models, ms)
+	n.models = ms
+	n.mu.Unlock()
+	if changed {
+		n.refreshRecord(time.Now())
+		n.publishSoon()
+		n.beatSoon()
+	}
+}
+
 // staticInventory encodes the parts of an inventory that change rarely.
 func staticInventory(inv hardware.Inventory) []byte {
 	inv.MeasuredAt = time.Time{}
@@ -826,7 +877,7 @@ func (n *Node) refreshRecord(now time.Time) {
 	r := &Record{
 		PeerID: n.ID().String(), Seq: seq, Instance: n.instance, Fingerprint: n.fingerprint,
 		Name: n.cfg.Name, Addrs: addrs, Inventory: n.inventory, StartedAt: n.startedAt,
-		PublishedAt: now, Version: n.cfg.Version,
+		PublishedAt: now, Version: n.cfg.Version, Models: n.models,
 	}
 	b, err := SignRecord(n.cfg.Key, n.poolID, r)
 	if err != nil {
@@ -862,6 +913,7 @@ func (n *Node) heartbeatLoop() {
 	var pending <-chan time.Time
 	var health localHealth
 	lastTick, lost := time.Now(), n.met.gossip.lost.Load()
+	nextSync := time.Now().Add(antiEntropyInterval(0))
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -879,6 +931,10 @@ func (n *Node) heartbeatLoop() {
 			n.members.setHealth(score)
 			n.mu.Unlock()
 			n.tick(now)
+			if now.After(nextSync) {
+				n.syncRandom()
+				nextSync = now.Add(antiEntropyInterval(now.Sub(n.startedAt)))
+			}
 		case <-n.kick:
 			if wait := minGap - time.Since(last); wait > 0 {
 				if pending == nil {
