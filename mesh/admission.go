@@ -215,6 +215,9 @@ func (a *admitter) initiate(s network.Stream) (admitHello, error) {
 		return admitHello{}, fmt.Errorf("reading proof: %w", err)
 	}
 	if !hmac.Equal(macR, admitMAC(a.secret, "resp", nonceI, nonceR, remote, a.self)) {
+		// Say so, where the responder expects our proof: it then knows we
+		// are of another pool rather than slow, and bans us in turn.
+		refuseOn(s, admitBadProof)
 		return admitHello{}, fmt.Errorf("%w: %s cannot prove it holds the pool secret", ErrAdmissionRefused, remote)
 	}
 	msg := admitMAC(a.secret, "init", nonceI, nonceR, a.self, remote)
@@ -277,7 +280,12 @@ func (a *admitter) respond(s network.Stream) (admitHello, error) {
 		return admitHello{}, err
 	}
 	macI := make([]byte, sha256.Size)
-	if _, err := io.ReadFull(r, macI); err != nil {
+	if n, err := io.ReadFull(r, macI); err != nil {
+		// Instead of its proof, an initiator of another pool sends the
+		// two-byte refusal frame (status, empty body) and closes.
+		if n == 2 && admitStatus(macI[0]) == admitBadProof && macI[1] == 0 {
+			return admitHello{}, fmt.Errorf("%w: %s refused our proof", ErrAdmissionRefused, remote)
+		}
 		return admitHello{}, fmt.Errorf("reading proof: %w", err)
 	}
 	body, err := readFrame(r, maxHelloSize)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/multiformats/go-multiaddr"
 	"github.com/spf13/cobra"
@@ -32,6 +33,7 @@ type daemonFlags struct {
 	nat     bool
 	name    string
 	force   bool // join only
+	joinFor time.Duration
 }
 
 func (f *daemonFlags) register(cmd *cobra.Command) {
@@ -43,6 +45,7 @@ func (f *daemonFlags) register(cmd *cobra.Command) {
 	fs.BoolVar(&f.mdns, "mdns", true, "find pool members on the local network by multicast DNS")
 	fs.BoolVar(&f.nat, "nat", true, "ask the router to forward the listen ports (UPnP / NAT-PMP)")
 	fs.StringVar(&f.name, "name", "", "name of this node in the pool (default the hostname)")
+	fs.DurationVar(&f.joinFor, "join-timeout", node.DefaultJoinTimeout, "how long to try the pool's known members at start; `up` then runs alone (mDNS or members dialling in can still find it), `join` fails")
 	cmd.MarkFlagFilename("gpu-file", "yaml", "yml")
 }
 
@@ -53,6 +56,10 @@ func (f *daemonFlags) config(a *app) (node.Config, error) {
 	cfg.MDNS = f.mdns
 	cfg.NATPortMap = f.nat
 	cfg.Name = f.name
+	if f.joinFor <= 0 {
+		return cfg, usagef("--join-timeout %v: must be positive", f.joinFor)
+	}
+	cfg.JoinTimeout = f.joinFor
 	cfg.GPUFile = f.gpuFile
 	cfg.Version = version
 	if len(f.listen) > 0 {
