@@ -56,6 +56,23 @@ type Record struct {
 	StartedAt   time.Time          `json:"started_at"`
 	PublishedAt time.Time          `json:"published_at"`
 	Version     string             `json:"version"`
+	// Models are the models this node holds complete in its weight cache
+	// (at most MaxRecordModels, most recently used first), so any member
+	// can map a name to an ID and place replicas near their weights.
+	Models []ModelRef `json:"models,omitempty"`
+}
+
+// MaxRecordModels bounds Record.Models, keeping a record well under its
+// 64 KiB cap: 64 entries of an ID (~60 B), a name (at most 256 B) and a
+// size take under 24 KiB, beside an inventory of at most about 12 KiB.
+const MaxRecordModels = 64
+
+// ModelRef names one model a node holds: its content ID, its human name
+// when it has one, and its size in bytes.
+type ModelRef struct {
+	ID        string `json:"id"`
+	Name      string `json:"name,omitempty"`
+	SizeBytes int64  `json:"size_bytes,omitempty"`
 }
 
 // Price is what a node asks for its GPUs. Zero in a private pool.
