@@ -17,14 +17,19 @@ type localHealth struct {
 // after (1 + maxHealthScore) × DeadAfter of silence.
 const maxHealthScore = 8
 
-// observe folds in one tick: late says the tick fired well after its time,
-// lost says gossip was dropped since the last tick. It returns the score.
-func (h *localHealth) observe(late, lost bool) int {
+// observe folds in one tick: missed counts the heartbeat intervals the tick
+// came late by (a loop stalled for five intervals missed four), lost says
+// gossip was dropped since the last tick. A stall raises the score by the
+// intervals it lasted (heartbeats that arrive during it are processed late
+// and in a burst), a healthy tick lowers it by one. It returns the score.
+func (h *localHealth) observe(missed int, lost bool) int {
+	bad := missed
+	if lost {
+		bad++
+	}
 	switch {
-	case late || lost:
-		if h.score < maxHealthScore {
-			h.score++
-		}
+	case bad > 0:
+		h.score = min(h.score+bad, maxHealthScore)
 	case h.score > 0:
 		h.score--
 	}

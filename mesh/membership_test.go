@@ -71,16 +71,16 @@ func TestUnhealthyNodeStretchesTimeouts(t *testing.T) {
 	id := peer.ID("member")
 	m.heartbeat(start, id, heartbeat{Instance: "x", Seq: 1})
 	var h localHealth
-	h.observe(true, false)
-	m.setHealth(h.observe(false, true)) // two unhealthy ticks: stretch 3x
+	h.observe(1, false)
+	m.setHealth(h.observe(0, true)) // two unhealthy ticks: stretch 3x
 	if trs := m.tick(start.Add(2500 * time.Millisecond)); len(trs) != 0 {
 		t.Errorf("tick at 2.5 s with stretch 3 = %v; want no change (suspect after 3 s)", trs)
 	}
 	if trs := m.tick(start.Add(3500 * time.Millisecond)); len(trs) != 1 || trs[0].to != StateSuspect {
 		t.Errorf("tick at 3.5 s = %v; want suspect", trs)
 	}
-	m.setHealth(h.observe(false, false))
-	m.setHealth(h.observe(false, false)) // healthy again
+	m.setHealth(h.observe(0, false))
+	m.setHealth(h.observe(0, false)) // healthy again
 	if trs := m.tick(start.Add(2500 * time.Millisecond)); len(trs) != 1 || trs[0].to != StateDead {
 		t.Errorf("tick at 2.5 s once healthy = %v; want dead", trs)
 	}
@@ -88,14 +88,17 @@ func TestUnhealthyNodeStretchesTimeouts(t *testing.T) {
 
 func TestLocalHealthScoreIsBounded(t *testing.T) {
 	var h localHealth
+	if got := h.observe(4, false); got != 4 {
+		t.Errorf("score after a tick four intervals late = %d; want 4", got)
+	}
 	for range 20 {
-		h.observe(true, true)
+		h.observe(1, true)
 	}
 	if h.score != maxHealthScore {
 		t.Errorf("score after 20 bad ticks = %d; want %d", h.score, maxHealthScore)
 	}
 	for range 20 {
-		h.observe(false, false)
+		h.observe(0, false)
 	}
 	if h.score != 0 {
 		t.Errorf("score after 20 good ticks = %d; want 0", h.score)

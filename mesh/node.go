@@ -918,13 +918,18 @@ func (n *Node) heartbeatLoop() {
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-t.C:
+		case tickedAt := <-t.C:
 			now := time.Now()
-			// A tick half an interval late, or gossip dropped since the last
-			// one, says this node is overloaded: hold off suspecting others.
-			late := now.Sub(lastTick) > n.cfg.HeartbeatInterval*3/2
+			// A tick that waited, or came whole intervals after the last
+			// one, or gossip dropped since the last tick: this node is
+			// overloaded, so hold off suspecting others.
+			iv := n.cfg.HeartbeatInterval
+			missed := int(now.Sub(lastTick)/iv) - 1
+			if now.Sub(tickedAt) > iv/2 {
+				missed = max(missed, 1)
+			}
 			l := n.met.gossip.lost.Load()
-			score := health.observe(late, l > lost)
+			score := health.observe(max(missed, 0), l > lost)
 			lastTick, lost = now, l
 			n.met.health.Set(float64(score))
 			n.mu.Lock()
