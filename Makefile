@@ -3,8 +3,10 @@
 #   make run     a one-node pool on loopback with a declared GPU (no GPU, registry or internet needed)
 #   make test    vet, format check and every test (race detector on the concurrent packages)
 #   make e2e     the slower end-to-end scenarios under test/
-#   make bench   benchmarks: 50-node pool formation, join/detect/RSS/start-up of real processes
-#   make fuzz    each fuzz target for FUZZTIME (default 20s)
+#   make bench   benchmarks: 50-node pool formation, join/detect/RSS/start-up of real processes,
+#                weight fetch: 1 GiB pull vs raw TCP vs HTTP, and fan-out to N=1..8 nodes in
+#                network namespaces at 50 MB/s (root and iproute2; skipped without them)
+#   make fuzz    every fuzz target in the tree, each for FUZZTIME (default 20s)
 
 GO       ?= go
 BIN      ?= bin/shoal
@@ -39,10 +41,13 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./mesh ./test/...
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime $(FUZZTIME) ./mesh
-	$(GO) test -run '^$$' -fuzz '^FuzzVerifyRecord$$' -fuzztime $(FUZZTIME) ./mesh
-	$(GO) test -run '^$$' -fuzz '^FuzzHeartbeat$$' -fuzztime $(FUZZTIME) ./mesh
-	$(GO) test -run '^$$' -fuzz '^FuzzParseGPUSpec$$' -fuzztime $(FUZZTIME) ./hardware
+	@set -e; for f in $$(git ls-files '*_test.go' | xargs grep -l '^func Fuzz'); do \
+		pkg=./$$(dirname $$f); \
+		for t in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
+			echo "== $$pkg $$t ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
 
 clean:
 	rm -rf bin $(RUNHOME)

@@ -21,6 +21,9 @@ const (
 	DefaultLeaveTimeout      = 5 * time.Second
 	DefaultVersion           = "dev"
 	DefaultPort              = 4242
+	// DefaultCacheBytes is the weight cache's size limit: room for a few
+	// 7–70B models without filling a volunteer's disk.
+	DefaultCacheBytes = 100 << 30
 
 	// minInventoryInterval keeps a typo (5ns) from turning the probe into a
 	// busy loop; NVML queries take milliseconds.
@@ -86,6 +89,11 @@ type Config struct {
 	// LeaveTimeout bounds the graceful leave at shutdown; after it the node
 	// just closes and the others notice it as dead. Zero: 5s.
 	LeaveTimeout time.Duration
+
+	// CacheBytes is the size limit of the weight cache in <home>/weights,
+	// in bytes; least recently used unpinned models are evicted to stay
+	// under it. Zero: DefaultCacheBytes; negative: no limit.
+	CacheBytes int64
 
 	// Version is the software version published in the record and in
 	// /v1/status. Empty: "dev".
@@ -196,6 +204,9 @@ func (c *Config) validate() error {
 	}
 	if c.Version == "" {
 		c.Version = DefaultVersion
+	}
+	if c.CacheBytes == 0 {
+		c.CacheBytes = DefaultCacheBytes
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

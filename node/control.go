@@ -45,6 +45,7 @@ type controlServer struct {
 	leave         func() // asks the daemon to leave; must not block
 	metrics       prometheus.Gatherer
 	lookupTimeout time.Duration
+	weights       *weights // nil: no weight cache (a mesh without streams)
 	log           *slog.Logger
 }
 
@@ -55,6 +56,9 @@ func (s *controlServer) handler() http.Handler {
 	mux.HandleFunc("GET /v1/token", s.token)
 	mux.HandleFunc("GET /v1/records/{peer}", s.record)
 	mux.HandleFunc("POST /v1/leave", s.leaveHandler)
+	if s.weights != nil {
+		s.weights.register(mux)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no endpoint %s %s; see GET /v1/status, /v1/nodes, /v1/token, /v1/records/{peer}, /metrics and POST /v1/leave", r.Method, r.URL.Path)

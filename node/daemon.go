@@ -232,6 +232,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	log.Info("in pool", "pool", m.PoolID(), "resumed", resumed, "created", poolCreated)
 
+	var wc *weights
+	if wm, ok := m.(weightsMesh); ok {
+		if wc, err = startWeights(home, max(cfg.CacheBytes, 0), wm, log); err != nil {
+			return err
+		}
+		defer wc.close()
+	}
+
 	sock := filepath.Join(home, SocketFile)
 	ln, err := listenControl(sock)
 	if err != nil {
@@ -248,6 +256,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		leave:         d.Leave,
 		metrics:       reg,
 		lookupTimeout: defaultLookupTimeout,
+		weights:       wc,
 		log:           log,
 	}
 	srv := &http.Server{

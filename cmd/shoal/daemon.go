@@ -34,6 +34,7 @@ type daemonFlags struct {
 	name    string
 	force   bool // join only
 	joinFor time.Duration
+	cache   string
 }
 
 func (f *daemonFlags) register(cmd *cobra.Command) {
@@ -46,6 +47,7 @@ func (f *daemonFlags) register(cmd *cobra.Command) {
 	fs.BoolVar(&f.nat, "nat", true, "ask the router to forward the listen ports (UPnP / NAT-PMP)")
 	fs.StringVar(&f.name, "name", "", "name of this node in the pool (default the hostname)")
 	fs.DurationVar(&f.joinFor, "join-timeout", node.DefaultJoinTimeout, "how long to try the pool's known members at start; `up` then runs alone (mDNS or members dialling in can still find it), `join` fails")
+	fs.StringVar(&f.cache, "cache-size", "100GiB", "size limit of the weight cache (HOME/weights), e.g. 500GiB or 2TB; least recently used unpinned models are evicted beyond it; 0: no limit")
 	cmd.MarkFlagFilename("gpu-file", "yaml", "yml")
 }
 
@@ -62,6 +64,11 @@ func (f *daemonFlags) config(a *app) (node.Config, error) {
 	cfg.JoinTimeout = f.joinFor
 	cfg.GPUFile = f.gpuFile
 	cfg.Version = version
+	cache, err := parseCacheSize(f.cache)
+	if err != nil {
+		return cfg, usagef("--cache-size %q: %v", f.cache, err)
+	}
+	cfg.CacheBytes = cache
 	if len(f.listen) > 0 {
 		cfg.ListenAddrs = nil
 		for _, s := range f.listen {

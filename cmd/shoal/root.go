@@ -67,6 +67,7 @@ Exit status: 0 success, 1 error, 2 usage error (bad flag, argument or token).`,
 		a.versionCmd(),
 		a.templatesCmd(),
 		a.simCmd(),
+		a.weightsCmd(),
 	)
 	return root
 }
