@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,7 @@ type weightsMesh interface {
 	weightcache.Announcer
 	weightcache.Registrar
 	Membership
+	ID() peer.ID
 	SetModels(ms []mesh.ModelRef)
 }
 
@@ -68,7 +70,11 @@ func startWeights(home string, maxBytes int64, m weightsMesh, log *slog.Logger) 
 	if err != nil {
 		return nil, fmt.Errorf("node: weight cache: %w", err)
 	}
-	f, err := weightcache.NewFetcher(st, m, poolFinder{m}, m, weightcache.FetchConfig{})
+	// Each node starts its fetches at its own place in a model (seeded by
+	// its peer ID), so nodes pulling one model at once trade chunks.
+	seed := fnv.New64a()
+	_, _ = seed.Write([]byte(m.ID()))
+	f, err := weightcache.NewFetcher(st, m, poolFinder{m}, m, weightcache.FetchConfig{Seed: seed.Sum64() | 1})
 	if err != nil {
 		return nil, fmt.Errorf("node: weight fetcher: %w", err)
 	}

@@ -3,6 +3,8 @@ package weightcache
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +51,25 @@ type FetchConfig struct {
 	MaxDup int
 	// Now is the clock for progress reports; default time.Now.
 	Now func() time.Time
+	// Seed picks where in the model this node starts among chunks that are
+	// equally rare (see picker); zero draws one at random. Fetchers that
+	// start at different places have chunks to trade from the first
+	// seconds; the daemon derives it from the node's peer ID.
+	Seed uint64
+}
+
+// rotation is the chunk index this fetcher starts from among n.
+func (c *FetchConfig) rotation(n int) int {
+	if n == 0 {
+		return 0
+	}
+	seed := c.Seed
+	if seed == 0 {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		seed = binary.BigEndian.Uint64(b[:])
+	}
+	return int(seed % uint64(n))
 }
 
 func (c *FetchConfig) validate() error {
@@ -202,7 +223,7 @@ func (f *Fetcher) Fetch(ctx context.Context, id string, progress func(Progress))
 	ft.prog = Progress{ID: id, TotalBytes: p.l.m.Size(), DoneBytes: p.haveBytes()}
 	ft.prog.resumed = ft.prog.DoneBytes
 	ft.stats.ResumedBytes = ft.prog.DoneBytes
-	ft.pk = newPicker(p.have, f.cfg.MaxDup)
+	ft.pk = newPicker(p.have, f.cfg.MaxDup, f.cfg.rotation(len(p.have)))
 	err = ft.run(ctx)
 	ft.stats.FetchedBytes, ft.stats.WastedBytes = ft.fetched, ft.wasted
 	ft.stats.Banned = f.Banned(id)
@@ -373,7 +394,12 @@ func (ft *fetch) run(ctx context.Context) error {
 		}()
 	}
 	lookup()
-	tick := time.NewTicker(cfg.Refresh)
+	// Look again soon, then less and less often up to Refresh: the other
+	// fetchers of a model announce themselves as it starts, and the sooner
+	// they are found the sooner they trade chunks instead of all queueing
+	// at the first copy's uplink.
+	every := min(cfg.Refresh, 250*time.Millisecond)
+	tick := time.NewTimer(every)
 	defer tick.Stop()
 
 	var lastErr error
@@ -437,6 +463,8 @@ func (ft *fetch) run(ctx context.Context) error {
 				lookup()
 			}
 		case <-tick.C:
+			every = min(2*every, cfg.Refresh)
+			tick.Reset(every)
 			ft.mu.Lock()
 			want := ft.active < cfg.MaxPeers && !ft.pk.done()
 			ft.mu.Unlock()

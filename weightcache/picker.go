@@ -6,8 +6,11 @@ import "github.com/libp2p/go-libp2p/core/peer"
 // machine (no I/O, no clock, no locking: the fetch serialises calls).
 //
 // Rarest first: among the chunks a peer has that nobody has been asked
-// for, the one the fewest peers have, ties to the lowest index (so files
-// complete roughly in order and their whole-file hash can follow). End
+// for, the one the fewest peers have, ties to the first in index order
+// from this fetcher's start (so files complete roughly in order and their
+// whole-file hash can follow, while fetchers that start at different places
+// hold different chunks to trade from the first seconds; with one start for
+// all, every fetcher asks the first copy for the same chunks). End
 // game: once every missing chunk has been asked for, a peer with room in
 // its pipeline is given a chunk already in flight elsewhere (the least
 // duplicated, at most maxDup requests per chunk), so a slow or stalled
@@ -19,6 +22,7 @@ type picker struct {
 	left   int   // chunks not held
 	peers  map[peer.ID]*pickPeer
 	maxDup int
+	start  int // index the scan for the rarest chunk begins at
 }
 
 type pickPeer struct {
@@ -27,10 +31,11 @@ type pickPeer struct {
 	reqs map[int]bool
 }
 
-func newPicker(have []bool, maxDup int) *picker {
+func newPicker(have []bool, maxDup, start int) *picker {
 	pk := &picker{
 		have: append([]bool(nil), have...), avail: make([]int, len(have)),
 		flight: make([]int, len(have)), peers: map[peer.ID]*pickPeer{}, maxDup: maxDup,
+		start: start,
 	}
 	for _, h := range have {
 		if !h {
@@ -104,8 +109,10 @@ func (pk *picker) next(p peer.ID) (int, bool) {
 		return 0, false
 	}
 	best, unasked := -1, false
-	for i, h := range pp.has {
-		if !h || pk.have[i] || pp.reqs[i] {
+	n := len(pp.has)
+	for j := range n {
+		i := (pk.start + j) % n
+		if !pp.has[i] || pk.have[i] || pp.reqs[i] {
 			continue
 		}
 		if pk.flight[i] == 0 {

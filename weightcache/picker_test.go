@@ -20,7 +20,7 @@ func bits(n int, set func(i int) bool) []byte {
 
 func TestPickerRarestFirstThenEndGame(t *testing.T) {
 	const n = 6
-	pk := newPicker(make([]bool, n), 2)
+	pk := newPicker(make([]bool, n), 2, 0)
 	a, b := peer.ID("a"), peer.ID("b")
 	pk.addPeer(a, bits(n, func(int) bool { return true }))
 	pk.addPeer(b, bits(n, func(i int) bool { return i < 3 }))
@@ -66,7 +66,7 @@ func TestPickerProperty(t *testing.T) {
 		for i := range have {
 			have[i] = r.IntN(4) == 0
 		}
-		pk := newPicker(have, 1+r.IntN(3))
+		pk := newPicker(have, 1+r.IntN(3), r.IntN(len(have)+1)%max(len(have), 1))
 		peers := make([]peer.ID, 1+r.IntN(5))
 		holds := map[peer.ID][]bool{}
 		for j := range peers {
@@ -119,5 +119,36 @@ func TestPickerProperty(t *testing.T) {
 				t.Fatalf("seed %d: done with chunk %d missing", seed, i)
 			}
 		}
+	}
+}
+
+// TestPickerStartSpreadsFetchers: fetchers of one model that start at
+// different places ask the first copy for different chunks, so they have
+// chunks to trade at once.
+func TestPickerStartSpreadsFetchers(t *testing.T) {
+	const n = 6
+	seed := peer.ID("seed")
+	for _, tc := range []struct {
+		start int
+		want  []int
+	}{
+		{0, []int{0, 1, 2, 3, 4, 5}},
+		{4, []int{4, 5, 0, 1, 2, 3}},
+	} {
+		pk := newPicker(make([]bool, n), 2, tc.start)
+		pk.addPeer(seed, bits(n, func(int) bool { return true }))
+		for _, want := range tc.want {
+			if got, ok := pk.next(seed); !ok || got != want {
+				t.Fatalf("start %d: next = %d, %v; want %d", tc.start, got, ok, want)
+			}
+		}
+	}
+	var c FetchConfig
+	if a, b := c.rotation(1000), c.rotation(1000); a == b && c.rotation(1000) == a {
+		t.Errorf("random rotation gave %d three times", a)
+	}
+	c.Seed = 1003
+	if got := c.rotation(1000); got != 3 {
+		t.Errorf("rotation(1000) with seed 1003 = %d; want 3", got)
 	}
 }
