@@ -99,6 +99,7 @@ type Node struct {
 	members     *membership
 	inventory   hardware.Inventory
 	models      []ModelRef
+	free        *FreeCapacity
 	record      *Record
 	recordBytes []byte
 	hbSeq       uint64
@@ -878,6 +879,7 @@ func (n *Node) refreshRecord(now time.Time) {
 		PeerID: n.ID().String(), Seq: seq, Instance: n.instance, Fingerprint: n.fingerprint,
 		Name: n.cfg.Name, Addrs: addrs, Inventory: n.inventory, StartedAt: n.startedAt,
 		PublishedAt: now, Version: n.cfg.Version, Models: n.models,
+		Free: n.free,
 	}
 	b, err := SignRecord(n.cfg.Key, n.poolID, r)
 	if err != nil {

@@ -60,6 +60,9 @@ type Record struct {
 	// (at most MaxRecordModels, most recently used first), so any member
 	// can map a name to an ID and place replicas near their weights.
 	Models []ModelRef `json:"models,omitempty"`
+	// Free is the capacity the node's ledger has not promised (see
+	// FreeCapacity); nil until the node announces it.
+	Free *FreeCapacity `json:"free,omitempty"`
 }
 
 // MaxRecordModels bounds Record.Models, keeping a record well under its

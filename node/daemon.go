@@ -240,6 +240,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer wc.close()
 	}
 
+	dep, err := d.startDeploy(home, log, m, inv)
+	if err != nil {
+		return err
+	}
+	defer dep.Close()
+
 	sock := filepath.Join(home, SocketFile)
 	ln, err := listenControl(sock)
 	if err != nil {
@@ -260,7 +266,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		log:           log,
 	}
 	srv := &http.Server{
-		Handler:           cs.handler(),
+		Handler:           dep.routes(cs.handler()),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
@@ -326,6 +332,7 @@ loop:
 			}
 			met.observe(inv)
 			m.SetInventory(inv)
+			dep.setInventory(inv)
 		case <-peersTick.C():
 			d.savePeers(log, m, id)
 		}

@@ -68,6 +68,9 @@ Exit status: 0 success, 1 error, 2 usage error (bad flag, argument or token).`,
 		a.templatesCmd(),
 		a.simCmd(),
 		a.weightsCmd(),
+		a.deployCmd(),
+		a.psCmd(),
+		a.rmCmd(),
 	)
 	return root
 }

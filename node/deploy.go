@@ -1,0 +1,698 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/shoalmesh/shoal/hardware"
+	"github.com/shoalmesh/shoal/mesh"
+	"github.com/shoalmesh/shoal/runtime/template"
+	"github.com/shoalmesh/shoal/scheduler"
+	"github.com/shoalmesh/shoal/scheduler/coordinator"
+)
+
+// DeployProtocol replicates deployment records: one stream carries one
+// frame (uvarint length, JSON deployMessage) from the writer to a member.
+//
+// Why direct pushes rather than the DHT or a gossip topic: every member
+// must hold every record (any of them may become a deployment's
+// coordinator, and `shoal ps` on any node lists them all). A DHT keeps a
+// value under a key but cannot list the keys, so a successor would not know
+// which deployments exist; a gossip topic loses what a member missed while
+// it was away. A writer pushes each change to every alive member at once,
+// and every member pushes its whole (small) set to two random members every
+// AntiEntropyInterval, so a member that missed a push, or joined later,
+// converges within a few rounds. Records merge last-writer-wins per half
+// (coordinator.Store), so the order of arrival does not matter.
+const (
+	DeployProtocol = protocol.ID("/shoal/deploy/1.0.0")
+	maxDeployBytes = 8 << 20
+	// DefaultStepInterval: how often the coordinator reconciles the
+	// deployments this node owns (and at once after a change arrives).
+	DefaultStepInterval = 250 * time.Millisecond
+	// AntiEntropyInterval: how often the node pushes every record to two
+	// random members.
+	AntiEntropyInterval = 2 * time.Second
+	// announceGap rate-limits the free-capacity announcement: a changed
+	// ledger republishes the node record at most this often.
+	announceGap = 500 * time.Millisecond
+	// expireInterval: how often held and committed leases are checked.
+	expireInterval = time.Second
+	// tombstoneAge: removed deployments are forgotten this long after.
+	tombstoneAge = time.Hour
+	// DeploymentsFile keeps this member's copy of the deployment records,
+	// so that a pool that restarts whole still knows its deployments.
+	DeploymentsFile = "deployments.json"
+)
+
+// deployMessage is the body of a DeployProtocol frame.
+type deployMessage struct {
+	Records []coordinator.Record `json:"records"`
+}
+
+// Deployment errors.
+var (
+	// ErrBadDeployment: a deploy request is malformed (bad name, template,
+	// parameters or replicas).
+	ErrBadDeployment = errors.New("node: bad deployment")
+	// ErrNoDeployments: this daemon's mesh cannot carry deployments.
+	ErrNoDeployments = errors.New("node: deployments are not available on this daemon")
+)
+
+// deployConfig wires a deployService.
+type deployConfig struct {
+	Self     peer.ID
+	Home     string
+	Version  string
+	Members  Membership
+	Streams  streams
+	Announce freeAnnouncer // nil: free capacity is not announced
+	Inv      hardware.Inventory
+	Clock    Clock
+	Log      *slog.Logger
+	// Coordinator overrides timings (tests); Self is filled in.
+	Coordinator  coordinator.Config
+	StepInterval time.Duration
+	// wrap, when set, wraps the coordinator's transport (tests inject
+	// faults with it).
+	wrap func(coordinator.Transport) coordinator.Transport
+}
+
+// deployService is the node's part in deployments: its ledger served over
+// the reservation protocol, its copy of every deployment record, and the
+// coordinator of the deployments rendezvous hashing gives it. It owns one
+// loop goroutine and the pushes it starts; Close stops and waits for them.
+type deployService struct {
+	cfg   deployConfig
+	self  string
+	log   *slog.Logger
+	led   *ledgerServer
+	coord *coordinator.Coordinator
+	tr    meshTransport
+	view  meshView
+
+	mu    sync.Mutex
+	store *coordinator.Store
+	dirty bool // store changed since the last save
+
+	poke   chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newDeployService(cfg deployConfig) (*deployService, error) {
+	if cfg.StepInterval == 0 {
+		cfg.StepInterval = DefaultStepInterval
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
+	}
+	self := cfg.Self.String()
+	led, err := openLedger(cfg.Home, capacityOf(cfg.Inv), cfg.Clock.Now, cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	s := &deployService{
+		cfg: cfg, self: self, log: cfg.Log.With("component", "deploy"), led: led,
+		store: coordinator.NewStore(self), poke: make(chan struct{}, 1),
+	}
+	s.loadRecords()
+	s.tr = meshTransport{self: self, local: led, s: cfg.Streams}
+	s.view = meshView{members: cfg.Members, self: self, led: led}
+	cc := cfg.Coordinator
+	cc.Self = self
+	var tr coordinator.Transport = s.tr
+	if cfg.wrap != nil {
+		tr = cfg.wrap(tr)
+	}
+	if s.coord, err = coordinator.New(cc, s.view, tr); err != nil {
+		return nil, err
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	cfg.Streams.Handle(ReserveProtocol, led.handleStream)
+	cfg.Streams.Handle(DeployProtocol, s.handleDeploy)
+	s.wg.Add(1)
+	go s.loop()
+	return s, nil
+}
+
+// Close stops the loop and every push under way.
+func (s *deployService) Close() {
+	if s == nil {
+		return
+	}
+	s.cancel()
+	s.wg.Wait()
+	s.saveRecords()
+}
+
+// setInventory follows hardware changes with the ledger's capacity.
+func (s *deployService) setInventory(inv hardware.Inventory) {
+	if s != nil {
+		s.led.setCapacity(capacityOf(inv))
+	}
+}
+
+func (s *deployService) kick() {
+	select {
+	case s.poke <- struct{}{}:
+	default:
+	}
+}
+
+func (s *deployService) loop() {
+	defer s.wg.Done()
+	step := s.cfg.Clock.NewTicker(s.cfg.StepInterval)
+	defer step.Stop()
+	ae := s.cfg.Clock.NewTicker(AntiEntropyInterval)
+	defer ae.Stop()
+	exp := s.cfg.Clock.NewTicker(expireInterval)
+	defer exp.Stop()
+	ann := s.cfg.Clock.NewTicker(announceGap)
+	defer ann.Stop()
+	dirty := true
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.poke:
+			s.step()
+		case <-step.C():
+			s.step()
+		case <-ae.C():
+			s.antiEntropy()
+		case <-exp.C():
+			s.saveRecords()
+			if gone := s.led.expire(); len(gone) > 0 {
+				s.log.Info("reservations expired", "count", len(gone), "first", gone[0].ID)
+			}
+		case <-s.led.changed:
+			dirty = true
+		case <-ann.C():
+			if dirty && s.cfg.Announce != nil {
+				s.cfg.Announce.SetFree(meshFree(s.led.free()))
+				dirty = false
+			}
+		}
+	}
+}
+
+// step runs the coordinator once and replicates the statuses it changed.
+func (s *deployService) step() {
+	now := s.cfg.Clock.Now()
+	s.mu.Lock()
+	s.store.Forget(now.Add(-tombstoneAge))
+	recs := s.store.List()
+	s.mu.Unlock()
+	ups := s.coord.Step(s.ctx, now, recs)
+	var changed []coordinator.Record
+	s.mu.Lock()
+	for _, u := range ups {
+		if u.Status.State != "" && u.Status.Since.IsZero() {
+			u.Status.Since = now
+		}
+		if r, wrote := s.store.SetStatus(u.ID, u.Status); wrote {
+			changed = append(changed, r)
+			s.dirty = true
+		}
+	}
+	s.mu.Unlock()
+	if len(changed) > 0 {
+		s.pushAll(changed)
+	}
+}
+
+// alivePeers are the other alive members.
+func (s *deployService) alivePeers() []peer.ID {
+	var out []peer.ID
+	for _, m := range s.cfg.Members.Members() {
+		if !m.Self && m.State == mesh.StateAlive && m.PeerID.String() != s.self {
+			out = append(out, m.PeerID)
+		}
+	}
+	return out
+}
+
+// pushAll sends recs to every alive member, in the background.
+func (s *deployService) pushAll(recs []coordinator.Record) {
+	for _, p := range s.alivePeers() {
+		s.push(p, recs)
+	}
+}
+
+func (s *deployService) antiEntropy() {
+	s.mu.Lock()
+	recs := s.store.List()
+	s.mu.Unlock()
+	if len(recs) == 0 {
+		return
+	}
+	peers := s.alivePeers()
+	rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
+	for _, p := range peers[:min(2, len(peers))] {
+		s.push(p, recs)
+	}
+}
+
+func (s *deployService) push(p peer.ID, recs []coordinator.Record) {
+	if s.ctx.Err() != nil {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+		defer cancel()
+		st, err := s.cfg.Streams.OpenStream(ctx, p, DeployProtocol)
+		if err != nil {
+			s.log.Debug("deployment records not pushed", "peer", p, "err", err)
+			return
+		}
+		defer st.Close()
+		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := writeFrame(st, deployMessage{Records: recs}); err != nil {
+			st.Reset()
+			return
+		}
+		_ = st.CloseWrite()
+		var ack [1]byte
+		_, _ = st.Read(ack[:])
+	}()
+}
+
+func (s *deployService) handleDeploy(st network.Stream) {
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := readFrame(bufio.NewReader(st), maxDeployBytes)
+	if err != nil {
+		st.Reset()
+		return
+	}
+	var msg deployMessage
+	if err := json.Unmarshal(b, &msg); err != nil {
+		s.log.Warn("dropped malformed deployment records", "from", st.Conn().RemotePeer(), "err", err)
+		st.Reset()
+		return
+	}
+	if s.merge(msg.Records) {
+		s.kick()
+	}
+	_, _ = st.Write([]byte{1})
+}
+
+// merge applies records received from a member.
+func (s *deployService) merge(recs []coordinator.Record) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed := false
+	for _, r := range recs {
+		ch, err := s.store.Merge(r)
+		if err != nil {
+			s.log.Warn("dropped a deployment record", "id", r.ID, "err", err)
+		}
+		changed = changed || ch
+	}
+	s.dirty = s.dirty || changed
+	return changed
+}
+
+// DeployRequest is the body of POST /v1/deployments.
+type DeployRequest struct {
+	// Name of the deployment; default the template's name. Deploying an
+	// existing name replaces its spec.
+	Name string `json:"name,omitempty"`
+	// Template names a built-in template; TemplateYAML is a template file's
+	// content instead (`shoal deploy -f FILE`).
+	Template     string            `json:"template,omitempty"`
+	TemplateYAML string            `json:"template_yaml,omitempty"`
+	Params       map[string]string `json:"params,omitempty"`
+	// Replicas overrides the template's count (0: the template's
+	// minReplicas, at least 1; a gang: the sum of its roles).
+	Replicas int `json:"replicas,omitempty"`
+}
+
+// Deployment is one element of GET /v1/deployments: the replicated record
+// and the member that coordinates it in this node's view.
+type Deployment struct {
+	coordinator.Record
+	Owner string `json:"owner"`
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// submit renders the request into a spec, writes it and replicates it.
+func (s *deployService) submit(req DeployRequest) (Deployment, error) {
+	var t *template.Template
+	var err error
+	switch {
+	case req.TemplateYAML != "":
+		t, err = template.Parse([]byte(req.TemplateYAML))
+	case req.Template != "":
+		var c *template.Catalog
+		if c, err = template.Builtin(s.cfg.Version); err == nil {
+			t, err = c.Get(req.Template)
+		}
+	default:
+		err = errors.New("name a template or send a template file")
+	}
+	if err != nil {
+		return Deployment{}, fmt.Errorf("%w: %w", ErrBadDeployment, err)
+	}
+	spec, err := t.Render(req.Params)
+	if err != nil {
+		return Deployment{}, fmt.Errorf("%w: %w", ErrBadDeployment, err)
+	}
+	name := req.Name
+	if name == "" {
+		name = t.Name
+	}
+	if !nameRE.MatchString(name) {
+		return Deployment{}, fmt.Errorf("%w: name %q: use 1-63 lower-case letters, digits and '-'", ErrBadDeployment, name)
+	}
+	if req.Replicas < 0 || req.Replicas > coordinator.MaxReplicas {
+		return Deployment{}, fmt.Errorf("%w: %d replicas, want 1..%d", ErrBadDeployment, req.Replicas, coordinator.MaxReplicas)
+	}
+	r, err := requestOf(spec, req.Replicas)
+	if err != nil {
+		return Deployment{}, fmt.Errorf("%w: %w", ErrBadDeployment, err)
+	}
+	r.ID = name
+	s.mu.Lock()
+	rec := s.store.Put(name, coordinator.Spec{Name: name, Template: spec.Template, Params: spec.Params, Request: r, Updated: s.cfg.Clock.Now()})
+	s.dirty = true
+	s.mu.Unlock()
+	s.pushAll([]coordinator.Record{rec})
+	s.kick()
+	return s.viewOf(rec), nil
+}
+
+func (s *deployService) remove(name string) (Deployment, error) {
+	s.mu.Lock()
+	rec, err := s.store.Delete(name, s.cfg.Clock.Now())
+	s.dirty = s.dirty || err == nil
+	s.mu.Unlock()
+	if err != nil {
+		return Deployment{}, err
+	}
+	s.pushAll([]coordinator.Record{rec})
+	s.kick()
+	return s.viewOf(rec), nil
+}
+
+func (s *deployService) list() []Deployment {
+	s.mu.Lock()
+	recs := s.store.List()
+	s.mu.Unlock()
+	out := []Deployment{}
+	for _, r := range recs {
+		if !r.Spec.Deleted {
+			out = append(out, s.viewOf(r))
+		}
+	}
+	return out
+}
+
+func (s *deployService) viewOf(r coordinator.Record) Deployment {
+	var ids []string
+	for _, n := range s.view.Nodes() {
+		ids = append(ids, n.ID)
+	}
+	return Deployment{Record: r, Owner: coordinator.Owner(r.ID, ids)}
+}
+
+// requestOf turns a rendered template into one replica's request. Whole
+// GPUs ask for whole cards of at least minVRAM; a gpuFraction asks for that
+// share of one card of at least minVRAM and takes minVRAM of its memory. A gang places the sum of its
+// roles' counts, all or none, with the first role's resources (roles of
+// different sizes are not told apart yet).
+func requestOf(spec *template.Spec, replicas int) (scheduler.Request, error) {
+	res := spec.Resources
+	var r scheduler.Request
+	if spec.Kind == template.Gang && spec.Gang != nil {
+		n := 0
+		for i, role := range spec.Gang.Roles {
+			n += role.Count
+			if i == 0 && role.Resources != nil {
+				res = *role.Resources
+			}
+		}
+		r.Gang = true
+		r.Replicas = max(n, 1)
+	} else {
+		r.Replicas = replicas
+		if r.Replicas == 0 {
+			r.Replicas = max(1, spec.Scaling.MinReplicas)
+		}
+	}
+	r.CPUMilli = int64(math.Ceil(res.CPU * 1000))
+	r.MemoryBytes = uint64(max(0, int64(res.Memory)))
+	switch {
+	case res.GPUFraction > 0:
+		r.GPUs = 1
+		r.MilliGPU = min(scheduler.MilliPerGPU, max(1, int(math.Round(res.GPUFraction*scheduler.MilliPerGPU))))
+		r.VRAM = uint64(max(0, int64(res.MinVRAM)))
+		r.MinVRAM = r.VRAM
+	case res.GPUs > 0:
+		r.GPUs = res.GPUs
+		r.MinVRAM = uint64(max(0, int64(res.MinVRAM)))
+	}
+	if r.GPUs > 0 {
+		for _, a := range res.Arch {
+			r.Archs = append(r.Archs, strings.ToLower(a))
+		}
+	}
+	if spec.Priority == template.Inference {
+		r.Class, r.Priority = scheduler.Inference, 10
+	}
+	if spec.Weights != nil {
+		r.ModelID = spec.Weights.Model
+	}
+	return r, nil
+}
+
+// meshView is the pool as the coordinator sees it: alive members with a
+// record, each as a scheduler node with the free capacity it announced
+// (this node's own straight from its ledger).
+type meshView struct {
+	members Membership
+	self    string
+	led     *ledgerServer
+}
+
+func (v meshView) Nodes() []scheduler.Node {
+	var out []scheduler.Node
+	for _, m := range v.members.Members() {
+		if m.State != mesh.StateAlive || m.Record == nil {
+			continue
+		}
+		n := schedNode(m.PeerID.String(), m.Record)
+		if n.ID == v.self {
+			applyFree(&n, wireFree(v.led.free()))
+		} else if m.Record.Free != nil {
+			applyFree(&n, fromMeshFree(*m.Record.Free))
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// schedNode is a member's record as an empty scheduler node.
+func schedNode(id string, r *mesh.Record) scheduler.Node {
+	inv := r.Inventory
+	n := scheduler.Node{
+		ID:              id,
+		CPUCapacity:     int64(inv.Host.CPUCores) * 1000,
+		MemoryCapacity:  inv.Host.MemoryTotalBytes,
+		DiskBytes:       inv.Host.DiskFreeBytes >> 30 << 30,
+		PricePerGPUHour: r.Price.PerGPUHour,
+	}
+	n.CPUMilli, n.MemoryBytes = n.CPUCapacity, n.MemoryCapacity
+	for _, g := range inv.GPUs {
+		n.GPUs = append(n.GPUs, scheduler.GPU{
+			UUID: g.UUID, Model: g.Name, Arch: strings.ToLower(g.Architecture),
+			Compute: parseCompute(g.ComputeCapability), VRAM: g.VRAMTotalBytes,
+			FreeMilli: scheduler.MilliPerGPU, FreeVRAM: g.VRAMTotalBytes,
+		})
+	}
+	for _, m := range r.Models {
+		n.Models = append(n.Models, m.ID)
+		if m.Name != "" {
+			n.Models = append(n.Models, m.Name)
+		}
+	}
+	return n
+}
+
+func parseCompute(s string) scheduler.ComputeCapability {
+	maj, minor, _ := strings.Cut(s, ".")
+	a, err1 := strconv.Atoi(maj)
+	b, err2 := strconv.Atoi(minor)
+	if err1 != nil || err2 != nil || a < 0 || b < 0 {
+		return scheduler.ComputeCapability{}
+	}
+	return scheduler.ComputeCapability{Major: a, Minor: b}
+}
+
+func fromMeshFree(f mesh.FreeCapacity) coordinator.Free {
+	out := coordinator.Free{CPUMilli: f.CPUMilli, MemoryBytes: f.MemoryBytes, DiskBytes: f.DiskBytes}
+	for _, g := range f.GPUs {
+		out.GPUs = append(out.GPUs, coordinator.GPUFree{UUID: g.UUID, Milli: g.Milli, VRAMBytes: g.VRAMBytes})
+	}
+	return out
+}
+
+// applyFree overlays announced free capacity on a record's node.
+func applyFree(n *scheduler.Node, f coordinator.Free) {
+	by := map[string]coordinator.GPUFree{}
+	for _, g := range f.GPUs {
+		by[g.UUID] = g
+	}
+	for i, g := range n.GPUs {
+		if x, ok := by[g.UUID]; ok {
+			n.GPUs[i].FreeMilli = int(min(max(x.Milli, 0), scheduler.MilliPerGPU))
+			n.GPUs[i].FreeVRAM = uint64(min(max(x.VRAMBytes, 0), int64(g.VRAM)))
+		}
+	}
+	n.CPUMilli = min(max(f.CPUMilli, 0), n.CPUCapacity)
+	n.MemoryBytes = uint64(min(max(f.MemoryBytes, 0), int64(n.MemoryCapacity)))
+	n.DiskBytes = uint64(max(f.DiskBytes, 0))
+}
+
+// routes serves the deployment and ledger endpoints in front of next.
+func (s *deployService) routes(next http.Handler) http.Handler {
+	if s == nil {
+		return next
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/deployments", s.handleSubmit)
+	mux.HandleFunc("GET /v1/deployments", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.list()) })
+	mux.HandleFunc("GET /v1/deployments/{name}", s.handleGet)
+	mux.HandleFunc("DELETE /v1/deployments/{name}", s.handleRemove)
+	mux.HandleFunc("GET /v1/ledger", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.led.view()) })
+	mux.Handle("/", next)
+	return mux
+}
+
+func (s *deployService) handleSubmit(w http.ResponseWriter, r *http.Request) {
+	var req DeployRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "deploy request: %v", err)
+		return
+	}
+	d, err := s.submit(req)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, d)
+}
+
+func (s *deployService) handleGet(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	s.mu.Lock()
+	rec, ok := s.store.Get(name)
+	s.mu.Unlock()
+	if !ok || rec.Spec.Deleted {
+		writeError(w, http.StatusNotFound, "no deployment %q; `shoal ps` lists them", name)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.viewOf(rec))
+}
+
+func (s *deployService) handleRemove(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	d, err := s.remove(name)
+	if errors.Is(err, coordinator.ErrUnknownDeployment) {
+		writeError(w, http.StatusNotFound, "no deployment %q; `shoal ps` lists them", name)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+// startDeploy starts the deployment service over m; a mesh that cannot
+// carry streams (a test fake) gets none, and the daemon runs without
+// deployments.
+func (d *Daemon) startDeploy(home string, log *slog.Logger, m meshNode, inv hardware.Inventory) (*deployService, error) {
+	st, ok := m.(streams)
+	if !ok {
+		return nil, nil
+	}
+	ann, _ := m.(freeAnnouncer)
+	return newDeployService(deployConfig{
+		Self: m.ID(), Home: home, Version: d.cfg.Version, Members: m, Streams: st,
+		Announce: ann, Inv: inv, Clock: d.cfg.Clock, Log: log,
+	})
+}
+
+// deploymentsFile is the persisted form of the records.
+type deploymentsFile struct {
+	Records []coordinator.Record `json:"records"`
+}
+
+// loadRecords reads the records saved by the last run; they merge with
+// what the other members push like any other copy.
+func (s *deployService) loadRecords() {
+	path := filepath.Join(s.cfg.Home, DeploymentsFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var f deploymentsFile
+	if err == nil {
+		err = json.Unmarshal(b, &f)
+	}
+	if err != nil {
+		s.log.Warn("ignoring unreadable deployments file; the other members will send their copies", "file", path, "err", err)
+		return
+	}
+	s.merge(f.Records)
+	s.mu.Lock()
+	s.dirty = false
+	s.mu.Unlock()
+}
+
+// saveRecords writes the records when they changed since the last save.
+func (s *deployService) saveRecords() {
+	s.mu.Lock()
+	if !s.dirty {
+		s.mu.Unlock()
+		return
+	}
+	s.dirty = false
+	b, err := json.Marshal(deploymentsFile{Records: s.store.List()})
+	s.mu.Unlock()
+	if err == nil {
+		path := filepath.Join(s.cfg.Home, DeploymentsFile)
+		if err = os.WriteFile(path+".tmp", b, 0o600); err == nil {
+			err = os.Rename(path+".tmp", path)
+		}
+	}
+	if err != nil {
+		s.log.Warn("could not save the deployment records", "err", err)
+	}
+}

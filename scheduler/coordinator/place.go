@@ -1,0 +1,233 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/shoalmesh/shoal/scheduler"
+)
+
+// planner places the deployments of one step against one scheduler pool,
+// so that each sees the replicas placed before it in the same step.
+type planner struct {
+	c     *Coordinator
+	nodes []scheduler.Node
+	now   time.Time
+	pool  *scheduler.Pool
+	err   error
+}
+
+// snapshot is node n as the coordinator believes it now: its record,
+// overlaid with the free capacity it reported recently.
+func (p *planner) snapshot(n scheduler.Node) scheduler.Node {
+	if f, ok := p.c.learnedOf(n.ID); ok {
+		f.apply(&n)
+	}
+	return n
+}
+
+func (p *planner) ensure() error {
+	if p.pool != nil || p.err != nil {
+		return p.err
+	}
+	snap := make([]scheduler.Node, len(p.nodes))
+	for i, n := range p.nodes {
+		snap[i] = p.snapshot(n)
+	}
+	p.pool, p.err = scheduler.NewPool(snap, p.c.cfg.Scheduler)
+	return p.err
+}
+
+// place puts up to missing more replicas of r on nodes: plan, reserve,
+// commit; on a refusal it refreshes the refusing node's view from the
+// node's answer and plans again, up to Attempts times. It returns the
+// deployment's state and reason (the replicas are filled in by the caller).
+func (p *planner) place(ctx context.Context, r Record, st *depState, missing int) Status {
+	if err := p.ensure(); err != nil {
+		return Status{State: StateQueued, Reason: err.Error()}
+	}
+	req := r.Spec.Request
+	req.ID = r.ID
+	p.pool.Observe(req)
+	var last error
+	for attempt := 0; attempt <= p.c.cfg.Attempts && missing > 0; attempt++ {
+		req.Replicas = missing
+		plan, err := p.pool.Place(req)
+		last = err
+		if len(plan.Replicas) == 0 || (err != nil && !errors.Is(err, scheduler.ErrPartial)) {
+			break
+		}
+		placed, refused := p.reserve(ctx, r, st, plan)
+		missing -= placed
+		if len(refused) == 0 {
+			break // placed all the plan held; err says why not more
+		}
+		last = refused[0]
+		for _, e := range refused {
+			var rf *Refused
+			if errors.As(e, &rf) {
+				p.refresh(rf.Node)
+			}
+		}
+	}
+	if missing <= 0 {
+		return Status{State: StatePlaced}
+	}
+	return statusOf(last)
+}
+
+// refresh replaces node id in the pool with what it last reported; a node
+// that did not answer is taken as full for the rest of the step.
+func (p *planner) refresh(id string) {
+	for _, n := range p.nodes {
+		if n.ID != id {
+			continue
+		}
+		if _, ok := p.c.learnedOf(id); ok {
+			_ = p.pool.Update(p.snapshot(n))
+			return
+		}
+		full := n
+		full.GPUs = append([]scheduler.GPU(nil), n.GPUs...)
+		for i := range full.GPUs {
+			full.GPUs[i].FreeMilli, full.GPUs[i].FreeVRAM = 0, 0
+		}
+		full.CPUMilli, full.MemoryBytes = 0, 0
+		_ = p.pool.Update(full)
+		return
+	}
+}
+
+// statusOf turns why a placement stopped into a status.
+func statusOf(err error) Status {
+	var ref *scheduler.Refusal
+	var rf *Refused
+	switch {
+	case errors.As(err, &ref):
+		s := Status{State: StateQueued, Reason: string(ref.Reason), Closest: ref.Closest, Detail: ref.Error()}
+		if ref.Never {
+			s.State = StateFailed
+		}
+		return s
+	case errors.As(err, &rf):
+		return Status{State: StateQueued, Reason: "refused by node: " + rf.Resource, Closest: rf.Node, Detail: rf.Error()}
+	case err != nil:
+		return Status{State: StateQueued, Reason: "placement error", Detail: err.Error()}
+	default:
+		return Status{State: StateQueued, Reason: "waiting for capacity"}
+	}
+}
+
+// reserve holds the plan's replicas on their nodes and commits them: each
+// replica on its own, or for a gang all replicas or none. It records what
+// it committed in st and in the step's pool, and returns how many replicas
+// it placed and the refusals (or unreachable nodes) it met.
+func (p *planner) reserve(ctx context.Context, r Record, st *depState, plan scheduler.Plan) (int, []error) {
+	c := p.c
+	groups := make([][]scheduler.Replica, 0, len(plan.Replicas))
+	if r.Spec.Request.Gang {
+		groups = append(groups, plan.Replicas)
+	} else {
+		for _, rep := range plan.Replicas {
+			groups = append(groups, []scheduler.Replica{rep})
+		}
+	}
+	placed := 0
+	var refused []error
+	var done []scheduler.Replica
+	for _, g := range groups {
+		var held []Reservation
+		var fail error
+		for _, rep := range g {
+			rid := c.newReplicaID(r.ID, p.now)
+			for i, slot := range rep.Slots {
+				res := Reservation{
+					ID:         fmt.Sprintf("%s#%d/%d", rid, i, len(rep.Slots)),
+					Deployment: r.ID,
+					Holder:     c.cfg.Self,
+					Priority:   r.Spec.Request.Priority,
+					Slot:       slot,
+				}
+				a, err := c.call(ctx, slot.Node, Call{Op: OpReserve, Reservation: &res, LeaseMillis: c.cfg.HoldLease.Milliseconds()})
+				switch {
+				case err != nil:
+					fail = &Refused{Node: slot.Node, Resource: "unreachable", Want: 0, Free: 0}
+					c.mu.Lock()
+					delete(c.learned, slot.Node)
+					c.mu.Unlock()
+				case a.Refused != nil:
+					rf := *a.Refused
+					rf.Node = slot.Node
+					fail = &rf
+				default:
+					res.State = Held
+					held = append(held, res)
+				}
+				if fail != nil {
+					break
+				}
+			}
+			if fail != nil {
+				break
+			}
+		}
+		if fail == nil {
+			fail = p.commit(ctx, held)
+		}
+		if fail != nil {
+			p.release(ctx, held)
+			refused = append(refused, fail)
+			if r.Spec.Request.Gang {
+				break
+			}
+			continue
+		}
+		for _, res := range held {
+			res.State = Committed
+			st.res[res.ID] = res
+		}
+		st.lastRenew = p.now
+		placed += len(g)
+		done = append(done, g...)
+	}
+	if len(done) > 0 {
+		_ = p.pool.Commit(scheduler.Plan{Request: r.ID, Class: plan.Class, Priority: plan.Priority, Replicas: done})
+	}
+	return placed, refused
+}
+
+// commit commits held reservations, node by node.
+func (p *planner) commit(ctx context.Context, held []Reservation) error {
+	c := p.c
+	byNode := map[string][]string{}
+	var order []string
+	for _, r := range held {
+		if byNode[r.Slot.Node] == nil {
+			order = append(order, r.Slot.Node)
+		}
+		byNode[r.Slot.Node] = append(byNode[r.Slot.Node], r.ID)
+	}
+	for _, node := range order {
+		a, err := c.call(ctx, node, Call{Op: OpCommit, IDs: byNode[node], LeaseMillis: c.cfg.CommitLease.Milliseconds()})
+		if err != nil {
+			return &Refused{Node: node, Resource: "unreachable"}
+		}
+		if len(a.Unknown) > 0 {
+			return &Refused{Node: node, Resource: "lease expired before commit"}
+		}
+	}
+	return nil
+}
+
+// release gives held reservations back.
+func (p *planner) release(ctx context.Context, held []Reservation) {
+	byNode := map[string][]string{}
+	for _, r := range held {
+		byNode[r.Slot.Node] = append(byNode[r.Slot.Node], r.ID)
+	}
+	for node, ids := range byNode {
+		_, _ = p.c.call(ctx, node, Call{Op: OpRelease, IDs: ids})
+	}
+}
