@@ -63,6 +63,9 @@ const (
 	// maxGossipRPC bounds one GossipSub RPC (several messages and control).
 	maxGossipRPC   = 256 << 10
 	requestTimeout = 5 * time.Second
+	// dhtFallbackAfter is how long a member's record may be missing before
+	// fetchRecord asks the DHT rather than the members that relay for it.
+	dhtFallbackAfter = 3 * time.Second
 	// gossipQueue bounds GossipSub's per-peer outbound, validation and
 	// delivery queues, in messages (about 300 B each).
 	gossipQueue = 128
@@ -106,6 +109,7 @@ type Node struct {
 	leaving     bool
 	inflight    map[peer.ID]*admission
 	fetching    map[peer.ID]bool
+	wanted      map[peer.ID]time.Time // since when a member's record is missing
 }
 
 // admission is one handshake under way with a peer; done closes when err is set.
@@ -140,6 +144,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		members:     newMembership(timing{cfg.SuspectAfter, cfg.DeadAfter, cfg.ForgetAfter}),
 		inflight:    map[peer.ID]*admission{},
 		fetching:    map[peer.ID]bool{},
+		wanted:      map[peer.ID]time.Time{},
 	}
 	n.met = newMeshMetrics(cfg.Metrics, n.bw)
 	n.adm = newAdmitter(cfg.Pool.Secret[:], self, admitHello{Instance: n.instance, Fingerprint: n.fingerprint, Name: cfg.Name})
@@ -960,6 +965,11 @@ func (n *Node) heartbeatLoop() {
 func (n *Node) tick(now time.Time) {
 	n.mu.Lock()
 	trs := n.members.tick(now)
+	for p, since := range n.wanted {
+		if _, known := n.members.state(p); !known || now.Sub(since) > time.Minute {
+			delete(n.wanted, p)
+		}
+	}
 	addrsChanged := n.record != nil && !sameAddrs(n.record.Addrs, n.host.Addrs())
 	stale := n.record != nil && now.Sub(n.record.PublishedAt) > RecordRepublish
 	counts := map[State]int{}
@@ -1127,6 +1137,21 @@ func (n *Node) fetchRecord(p, via peer.ID) {
 		}
 	}
 	if r == nil {
+		// A DHT lookup is a walk of several hops that verifies every copy
+		// it meets; in a mass join every member would make one per
+		// newcomer. The next heartbeat's relay or an anti-entropy sync
+		// usually brings the record within a second or two, so the DHT is
+		// asked only for a record missing longer than dhtFallbackAfter.
+		n.mu.Lock()
+		since, ok := n.wanted[p]
+		if !ok {
+			since = time.Now()
+			n.wanted[p] = since
+		}
+		n.mu.Unlock()
+		if time.Since(since) < dhtFallbackAfter {
+			return
+		}
 		r, raw, err = n.lookup(ctx, p)
 	}
 	if err != nil {
@@ -1136,6 +1161,7 @@ func (n *Node) fetchRecord(p, via peer.ID) {
 		return
 	}
 	n.mu.Lock()
+	delete(n.wanted, p)
 	held := n.members.recordOf(p)
 	stored, tr := n.members.record(time.Now(), p, r, raw, live)
 	connected := 0
