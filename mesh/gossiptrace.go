@@ -17,7 +17,9 @@ import (
 // flap.
 type gossipTracer struct {
 	dropped *prometheus.CounterVec
-	// lost counts every loss above, for Stats.
+	// lost counts the losses that say this node is overloaded (full
+	// queues, a slow reader): the local health score reads it. Refused
+	// messages say nothing of our load and are not counted here.
 	lost atomic.Int64
 }
 
@@ -26,24 +28,25 @@ var _ pubsub.RawTracer = (*gossipTracer)(nil)
 func newGossipTracer() *gossipTracer {
 	return &gossipTracer{dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "shoal_mesh_gossip_dropped_total",
-		Help: "Gossip lost by reason: queue_full (an RPC to a slow peer), slow_reader (a message our reader did not take in time), rejected (validation refused or ignored it).",
+		Help: "Gossip lost by reason: queue_full (an RPC to a slow peer, or validation backed up), slow_reader (a message our reader did not take in time), rejected (validation refused it).",
 	}, []string{"reason"})}
 }
 
-func (t *gossipTracer) drop(reason string) {
+func (t *gossipTracer) overload(reason string) {
 	t.lost.Add(1)
 	t.dropped.WithLabelValues(reason).Inc()
 }
 
-func (t *gossipTracer) DropRPC(*pubsub.RPC, peer.ID)         { t.drop("queue_full") }
-func (t *gossipTracer) UndeliverableMessage(*pubsub.Message) { t.drop("slow_reader") }
+func (t *gossipTracer) DropRPC(*pubsub.RPC, peer.ID)         { t.overload("queue_full") }
+func (t *gossipTracer) UndeliverableMessage(*pubsub.Message) { t.overload("slow_reader") }
 func (t *gossipTracer) RejectMessage(_ *pubsub.Message, reason string) {
 	switch reason {
-	case pubsub.RejectValidationIgnored:
+	case pubsub.RejectValidationIgnored, pubsub.RejectSelfOrigin:
+		// Not a loss: our own message come back, or one we chose to skip.
 	case pubsub.RejectValidationQueueFull, pubsub.RejectValidationThrottled:
-		t.drop("queue_full")
+		t.overload("queue_full")
 	default:
-		t.drop("rejected")
+		t.dropped.WithLabelValues("rejected").Inc()
 	}
 }
 

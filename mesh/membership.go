@@ -45,6 +45,11 @@ type heartbeat struct {
 	RecordSeq uint64 `json:"r"` // Seq of the sender's current record
 	Leaving   bool   `json:"l,omitempty"`
 	Load      Load   `json:"load"`
+	// SentMs is the sender's clock when it sent the heartbeat (Unix ms).
+	// Receivers compare its delay with the least delay seen from that
+	// sender (which absorbs clock skew) to notice that heartbeats queue up
+	// on their side; see membership.takeLag.
+	SentMs int64 `json:"t,omitempty"`
 }
 
 // timing holds the failure detector's thresholds.
@@ -63,6 +68,10 @@ type memberState struct {
 	record    *Record
 	raw       []byte // the signed bytes of record, to relay to other members
 	load      Load
+	// baseDelay is the least delay (receipt minus SentMs) seen from this
+	// member, drifting up slowly: clock skew plus the network's own delay.
+	baseDelay time.Duration
+	hasBase   bool
 }
 
 // transition is a state change worth a log line and a metric.
@@ -80,6 +89,9 @@ type membership struct {
 	// stretch multiplies suspectAfter and deadAfter while this node itself
 	// is unhealthy (see localHealth); 1 when healthy.
 	stretch time.Duration
+	// lag is the largest delay beyond a member's usual one among the
+	// heartbeats since the last takeLag: how far behind this node is.
+	lag time.Duration
 }
 
 func newMembership(t timing) *membership {
@@ -106,6 +118,21 @@ func (m *membership) heartbeat(now time.Time, id peer.ID, hb heartbeat) (wantRec
 	}
 	ms.hbSeq = hb.Seq
 	ms.lastSeen = now
+	if hb.SentMs > 0 {
+		d := now.Sub(time.UnixMilli(hb.SentMs))
+		switch {
+		case !ms.hasBase || d < ms.baseDelay:
+			ms.baseDelay, ms.hasBase = d, true
+		default:
+			// Drift up by 1/64 of the excess per beat, so a stepped clock
+			// is forgotten within a minute or two of heartbeats.
+			excess := d - ms.baseDelay
+			if excess > m.lag {
+				m.lag = excess
+			}
+			ms.baseDelay += excess / 64
+		}
+	}
 	ms.load = hb.Load
 	if hb.RecordSeq > ms.recordSeq {
 		ms.recordSeq = hb.RecordSeq
@@ -160,6 +187,14 @@ func (m *membership) leave(now time.Time, id peer.ID) *transition {
 	tr := &transition{peer: id, from: ms.state, to: StateLeft}
 	ms.state, ms.lastSeen = StateLeft, now
 	return tr
+}
+
+// takeLag returns how far behind usual the most delayed heartbeat since the
+// last call arrived, and starts over.
+func (m *membership) takeLag() time.Duration {
+	l := m.lag
+	m.lag = 0
+	return l
 }
 
 // setHealth stretches the suspicion and death timeouts by 1+score while

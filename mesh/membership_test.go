@@ -104,3 +104,26 @@ func TestLocalHealthScoreIsBounded(t *testing.T) {
 		t.Errorf("score after 20 good ticks = %d; want 0", h.score)
 	}
 }
+
+func TestLagIsMeasuredAgainstEachMembersUsualDelay(t *testing.T) {
+	start := time.Unix(1000, 0)
+	m := newMembership(timing{suspectAfter: time.Second, deadAfter: 2 * time.Second, forgetAfter: time.Minute})
+	skewed, near := peer.ID("skewed"), peer.ID("near")
+	sent := func(at time.Time) int64 { return at.UnixMilli() }
+	// "skewed" runs 5 s behind; both arrive 10 ms after sending.
+	m.heartbeat(start, skewed, heartbeat{Instance: "a", Seq: 1, SentMs: sent(start.Add(-5 * time.Second))})
+	m.heartbeat(start, near, heartbeat{Instance: "b", Seq: 1, SentMs: sent(start.Add(-10 * time.Millisecond))})
+	if lag := m.takeLag(); lag != 0 {
+		t.Errorf("lag after first beats = %v; want 0 (skew is not lag)", lag)
+	}
+	// Next beats: skewed's arrives as usual, near's 3 s late.
+	now := start.Add(time.Second)
+	m.heartbeat(now, skewed, heartbeat{Instance: "a", Seq: 2, SentMs: sent(now.Add(-5 * time.Second))})
+	m.heartbeat(now.Add(3*time.Second), near, heartbeat{Instance: "b", Seq: 2, SentMs: sent(now.Add(-10 * time.Millisecond))})
+	if lag := m.takeLag(); lag < 2900*time.Millisecond || lag > 3100*time.Millisecond {
+		t.Errorf("lag = %v; want about 3 s", lag)
+	}
+	if lag := m.takeLag(); lag != 0 {
+		t.Errorf("lag after takeLag = %v; want 0", lag)
+	}
+}

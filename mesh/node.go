@@ -936,12 +936,15 @@ func (n *Node) heartbeatLoop() {
 				missed = max(missed, 1)
 			}
 			l := n.met.gossip.lost.Load()
-			score := health.observe(max(missed, 0), l > lost)
-			lastTick, lost = now, l
-			n.met.health.Set(float64(score))
 			n.mu.Lock()
+			// Heartbeats arriving whole intervals later than usual: they
+			// queued on our side (gossip, validation, this lock).
+			missed = max(missed, int(n.members.takeLag()/iv))
+			score := health.observe(max(missed, 0), l > lost)
 			n.members.setHealth(score)
 			n.mu.Unlock()
+			lastTick, lost = now, l
+			n.met.health.Set(float64(score))
 			n.tick(now)
 			if now.After(nextSync) {
 				n.syncRandom()
@@ -1023,7 +1026,7 @@ func (n *Node) logTransition(tr transition) {
 func (n *Node) beat(leaving bool) {
 	n.mu.Lock()
 	n.hbSeq++
-	hb := heartbeat{Instance: n.instance, Seq: n.hbSeq, Leaving: leaving || n.leaving, Load: loadOf(n.inventory)}
+	hb := heartbeat{Instance: n.instance, Seq: n.hbSeq, Leaving: leaving || n.leaving, Load: loadOf(n.inventory), SentMs: time.Now().UnixMilli()}
 	if n.record != nil {
 		hb.RecordSeq = n.record.Seq
 	}
