@@ -5,7 +5,9 @@
 #   make e2e     the slower end-to-end scenarios under test/
 #   make bench   benchmarks: 50-node pool formation, join/detect/RSS/start-up of real processes,
 #                weight fetch: 1 GiB pull vs raw TCP vs HTTP, and fan-out to N=1..8 nodes in
-#                network namespaces at 50 MB/s (root and iproute2; skipped without them)
+#                network namespaces at 50 MB/s (root and iproute2; skipped without them),
+#                placement latency and the trace replay of every policy (TRACE=dir), gateway
+#                overhead, receipt verification
 #   make fuzz    every fuzz target in the tree, each for FUZZTIME (default 20s)
 
 GO       ?= go
@@ -14,6 +16,8 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 RUNHOME  ?= $(CURDIR)/.shoal-run
 FUZZTIME ?= 20s
+# The Alibaba GPU cluster trace the placement benchmark replays (not in the repo).
+TRACE    ?= $(CURDIR)/../shared/traces/alibaba-gpu-v2023
 # go-nvml's C header marks some NVML calls deprecated; we call none of them.
 export CGO_CFLAGS ?= -O2 -Wno-deprecated-declarations
 
@@ -39,6 +43,12 @@ e2e: build
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./mesh ./test/...
+	$(GO) test -run '^$$' -bench . -timeout 30m ./scheduler/... ./runtime/gateway ./weightcache ./market
+	@if [ -d "$(TRACE)" ]; then \
+		for p in fgd bestfit firstfit worstfit random; do \
+			$(BIN) sim --nodes $(TRACE)/openb_node_list_gpu_node.csv --pods $(TRACE)/openb_pod_list_default.csv --policy $$p --seeds 42-51; \
+		done; \
+	else echo "no GPU cluster trace at $(TRACE): shoal sim replay skipped"; fi
 
 fuzz:
 	@set -e; for f in $$(git ls-files '*_test.go' | xargs grep -l '^func Fuzz'); do \
