@@ -20,8 +20,10 @@
 //   - Serve answers other members' manifest and chunk requests over
 //     Protocol, from complete models and from downloads in progress.
 //   - A Fetcher (NewFetcher) pulls a model from providers found in the
-//     pool's DHT: rarest chunk first, requests pipelined per peer, an end
-//     game for the tail, a stall timeout per peer, a ban per model for any
+//     pool's DHT and among the members that ask it for the same model:
+//     rarest chunk first, a peer holding the whole model asked last while
+//     partial peers can trade, requests pipelined per peer, an end game
+//     for the tail, a stall timeout per peer, a ban per model for any
 //     peer that sends a bad chunk, and resume from the verified chunks on
 //     disk. Progress snapshots feed a progress bar.
 //

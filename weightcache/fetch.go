@@ -219,7 +219,7 @@ func (f *Fetcher) Fetch(ctx context.Context, id string, progress func(Progress))
 		return FetchStats{}, err
 	}
 	defer p.close()
-	ft := &fetch{f: f, id: id, p: p, progress: progress, start: f.cfg.Now(), attempts: map[peer.ID]int{}, running: map[peer.ID]bool{}}
+	ft := &fetch{f: f, id: id, p: p, progress: progress, start: f.cfg.Now(), attempts: map[peer.ID]int{}, running: map[peer.ID]bool{}, wake: make(chan struct{})}
 	ft.prog = Progress{ID: id, TotalBytes: p.l.m.Size(), DoneBytes: p.haveBytes()}
 	ft.prog.resumed = ft.prog.DoneBytes
 	ft.stats.ResumedBytes = ft.prog.DoneBytes
@@ -331,6 +331,13 @@ type fetch struct {
 	active   int
 	running  map[peer.ID]bool
 	attempts map[peer.ID]int // sessions opened per peer in this fetch
+	wake     chan struct{}   // closed (and replaced) when the picker may have new work
+}
+
+// changedLocked wakes the sessions waiting for work; ft.mu is held.
+func (ft *fetch) changedLocked() {
+	close(ft.wake)
+	ft.wake = make(chan struct{})
 }
 
 // maxAttempts bounds the sessions one fetch opens to one peer: a peer
@@ -402,6 +409,36 @@ func (ft *fetch) run(ctx context.Context) error {
 	tick := time.NewTimer(every)
 	defer tick.Stop()
 
+	startPeer := func(p peer.ID) bool {
+		if ft.f.banned(ft.id, p) {
+			return false
+		}
+		ft.mu.Lock()
+		skip := ft.running[p] || ft.attempts[p] >= maxAttempts || ft.active >= cfg.MaxPeers || ft.pk.done()
+		if !skip {
+			if ft.attempts[p] == 0 {
+				ft.stats.Peers++
+			}
+			ft.attempts[p]++
+			ft.running[p] = true
+			ft.active++
+		}
+		ft.mu.Unlock()
+		if skip {
+			return false
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := ft.runPeer(ctx, p)
+			select {
+			case done <- peerDone{p, err}:
+			case <-ctx.Done():
+			}
+		}()
+		return true
+	}
+
 	var lastErr error
 	for {
 		select {
@@ -416,37 +453,17 @@ func (ft *fetch) run(ctx context.Context) error {
 			looking = false
 			started := 0
 			for _, ai := range provs {
-				if ft.f.banned(ft.id, ai.ID) {
-					continue
+				if startPeer(ai.ID) {
+					started++
 				}
-				ft.mu.Lock()
-				skip := ft.running[ai.ID] || ft.attempts[ai.ID] >= maxAttempts || ft.active >= cfg.MaxPeers || ft.pk.done()
-				if !skip {
-					if ft.attempts[ai.ID] == 0 {
-						ft.stats.Peers++
-					}
-					ft.attempts[ai.ID]++
-					ft.running[ai.ID] = true
-					ft.active++
-				}
-				ft.mu.Unlock()
-				if skip {
-					continue
-				}
-				started++
-				wg.Add(1)
-				go func(p peer.ID) {
-					defer wg.Done()
-					err := ft.runPeer(ctx, p)
-					select {
-					case done <- peerDone{p, err}:
-					case <-ctx.Done():
-					}
-				}(ai.ID)
 			}
 			if started == 0 && ft.idle() {
 				return ft.noProviders(lastErr)
 			}
+		case p := <-ft.p.peers:
+			// A member asked us for this model: it is fetching it too,
+			// so it has (or soon has) chunks to trade.
+			startPeer(p)
 		case d := <-done:
 			ft.mu.Lock()
 			ft.active--
@@ -543,9 +560,8 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 	if err != nil {
 		return err
 	}
-	payload := make([]byte, l.m.ChunkSize)
 	if h.typ == frError {
-		b := payload[:h.b]
+		b := make([]byte, h.b)
 		if _, err := io.ReadFull(r, b); err != nil {
 			return err
 		}
@@ -566,16 +582,58 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 		ft.mu.Lock()
 		ft.pk.removePeer(p)
 		ft.prog.Peers--
+		ft.changedLocked()
 		ft.mu.Unlock()
 	}()
 
+	// A worker verifies and stores each chunk while the reader takes the
+	// next one off the stream: recvBuffers buffers pass between them.
+	type recvd struct {
+		i         int
+		data, buf []byte
+	}
+	free := make(chan []byte, recvBuffers)
+	for range recvBuffers {
+		free <- make([]byte, l.m.ChunkSize)
+	}
+	work := make(chan recvd, recvBuffers)
+	werr := make(chan error, 1)
+	var wwg sync.WaitGroup
+	wwg.Add(1)
+	go func() {
+		defer wwg.Done()
+		failed := false
+		for w := range work {
+			if !failed {
+				if err := ft.take(p, w.i, w.data); err != nil {
+					failed = true
+					werr <- err
+					_ = s.Reset() // the reader stops at its next read
+				}
+			}
+			free <- w.buf
+		}
+	}()
+	defer func() {
+		close(work)
+		wwg.Wait()
+		select {
+		case e := <-werr:
+			err = e
+		default:
+		}
+	}()
+
+	sent := map[int]bool{} // requested and not yet read off the stream
 	var reqBuf []byte
 	// fill asks for more chunks up to the pipeline depth. It reports
 	// whether this peer is finished with: nothing owed, nothing to ask for
 	// and nothing it could still get (it holds every chunk) — or the model is done.
+	var wake chan struct{}
 	fill := func() (bool, error) {
 		reqBuf = reqBuf[:0]
 		ft.mu.Lock()
+		wake = ft.wake
 		for ft.pk.inFlight(p) < cfg.Pipeline {
 			i, ok := ft.pk.next(p)
 			if !ok {
@@ -583,6 +641,7 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 			}
 			rq := encodeChunkRequest(uint32(i))
 			reqBuf = append(reqBuf, rq[:]...)
+			sent[i] = true
 		}
 		owed := ft.pk.inFlight(p)
 		pp := ft.pk.peers[p]
@@ -603,9 +662,20 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 		if fin {
 			return nil
 		}
+		owed := len(sent) > 0
 		ft.mu.Lock()
-		owed := ft.pk.inFlight(p) > 0
+		seed := ft.pk.full(ft.pk.peers[p])
 		ft.mu.Unlock()
+		if !owed && seed {
+			// A seed sends nothing unasked: wait until the picker may
+			// have work for it (a chunk arrived, a peer left).
+			select {
+			case <-wake:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		h, err := readHeader(owed)
 		if err != nil {
 			if errors.Is(err, ErrProtocol) {
@@ -619,60 +689,70 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 			ft.pk.gotHave(p, int(h.a))
 			ft.mu.Unlock()
 		case frError:
-			b := payload[:h.b]
+			b := make([]byte, h.b)
 			if _, err := io.ReadFull(r, b); err != nil {
 				return err
 			}
 			return &remoteError{code: h.a, msg: string(b)}
 		case frData:
 			i := int(h.a)
-			data := payload[:h.b]
-			if _, err := io.ReadFull(r, data); err != nil {
-				return err
-			}
-			ft.mu.Lock()
-			asked := ft.pk.peers[p].reqs[i]
-			ft.mu.Unlock()
-			if !asked {
+			if !sent[i] {
 				ft.f.ban(ft.id, p)
 				return fmt.Errorf("%w: unrequested chunk %d", ErrProtocol, i)
 			}
-			ok := l.verifyChunk(i, data)
-			if !ok {
-				ft.f.ban(ft.id, p)
-				ft.mu.Lock()
-				ft.pk.received(p, i, false)
-				ft.fetched += int64(len(data))
-				ft.wasted += int64(len(data))
-				ft.mu.Unlock()
-				return fmt.Errorf("%w: chunk %d", errBadChunk, i)
+			delete(sent, i)
+			buf := <-free // the worker always hands buffers back
+			data := buf[:h.b]
+			if _, err := io.ReadFull(r, data); err != nil {
+				free <- buf
+				return err
 			}
-			wrote, werr := ft.p.write(i, data)
-			ft.mu.Lock()
-			ft.fetched += int64(len(data))
-			// The partial is the judge of new versus duplicate: two peers
-			// may deliver the same end-game chunk at once.
-			ft.pk.received(p, i, werr == nil)
-			if !wrote {
-				ft.wasted += int64(len(data))
-			} else {
-				ft.prog.DoneBytes += int64(len(data))
-			}
-			ft.prog.FetchedBytes = ft.fetched
-			ft.prog.Elapsed = ft.f.cfg.Now().Sub(ft.start)
-			snap := ft.prog
-			if ft.progress != nil {
-				ft.progress(snap)
-			}
-			ft.mu.Unlock()
-			if werr != nil {
-				return fmt.Errorf("%w: %w", errLocal, werr)
-			}
+			work <- recvd{i, data, buf}
 		default:
 			return fmt.Errorf("%w: unexpected frame %q", ErrProtocol, h.typ)
 		}
 	}
 }
+
+// take verifies chunk i from p and stores it: a bad chunk bans p.
+func (ft *fetch) take(p peer.ID, i int, data []byte) error {
+	if !ft.p.l.verifyChunk(i, data) {
+		ft.f.ban(ft.id, p)
+		ft.mu.Lock()
+		ft.pk.received(p, i, false)
+		ft.fetched += int64(len(data))
+		ft.wasted += int64(len(data))
+		ft.changedLocked()
+		ft.mu.Unlock()
+		return fmt.Errorf("%w: chunk %d", errBadChunk, i)
+	}
+	wrote, werr := ft.p.write(i, data)
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	ft.fetched += int64(len(data))
+	// The partial is the judge of new versus duplicate: two peers may
+	// deliver the same end-game chunk at once.
+	ft.pk.received(p, i, werr == nil)
+	ft.changedLocked()
+	if !wrote {
+		ft.wasted += int64(len(data))
+	} else {
+		ft.prog.DoneBytes += int64(len(data))
+	}
+	ft.prog.FetchedBytes = ft.fetched
+	ft.prog.Elapsed = ft.f.cfg.Now().Sub(ft.start)
+	if ft.progress != nil {
+		ft.progress(ft.prog)
+	}
+	if werr != nil {
+		return fmt.Errorf("%w: %w", errLocal, werr)
+	}
+	return nil
+}
+
+// recvBuffers is the chunk buffers per peer session: one being read off
+// the stream, one being verified and written.
+const recvBuffers = 2
 
 // transportOf names the transport under a stream: the last protocol of
 // its connection's remote address before any /p2p part ("tcp", "quic-v1").

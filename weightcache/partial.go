@@ -7,10 +7,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
 	"sync"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // partial is a model being written by one fetch and read by the server at
@@ -33,12 +36,24 @@ type partial struct {
 	failed error // set by abort: wakes and stops finish
 	refs   int   // owner plus server sessions; files close at 0
 	closed bool  // the owner is done: subscriptions are closed
+
+	// peers receives the members the server is sending this download's
+	// chunks to (nil for a complete model): they fetch it too, so the
+	// fetch takes them as sources without waiting for a lookup.
+	peers chan peer.ID
 }
 
 type pfile struct {
 	f    *os.File // partial file (read-write) or blob (read-only)
 	log  *os.File // have log; nil once the file is a blob
 	done bool     // the file is a verified blob
+
+	// The whole-file SHA-256 follows the file in chunk order: write hashes
+	// a chunk from memory when it is the next one, finish reads back the
+	// ones that came out of order (and those resumed from disk).
+	hmu  sync.Mutex
+	h    hash.Hash
+	next int // first chunk (model index) not yet in h
 }
 
 // openPartial opens model id for writing. Chunks already held (complete
@@ -53,7 +68,7 @@ func (s *Store) openPartial(id string) (*partial, error) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s", ErrBusy, id)
 	}
-	p := &partial{s: s, id: id, l: newLayout(m), subs: map[chan int]struct{}{}, refs: 1}
+	p := &partial{s: s, id: id, l: newLayout(m), subs: map[chan int]struct{}{}, refs: 1, peers: make(chan peer.ID, 16)}
 	p.cond = sync.NewCond(&p.mu)
 	p.have = make([]bool, len(p.l.chunks))
 	s.active[id] = p
@@ -125,7 +140,7 @@ func (p *partial) openFile(i int, f File) (*pfile, error) {
 		w.Close()
 		return nil, diskErr(err)
 	}
-	pf := &pfile{f: w, log: lg}
+	pf := &pfile{f: w, log: lg, h: sha256.New(), next: first}
 	return pf, nil
 }
 
@@ -184,6 +199,15 @@ func (p *partial) subscribe() (chan int, []byte) {
 	return ch, bf
 }
 
+// offerPeer tells the fetch writing p that peer q fetches the model too;
+// it drops the news when nobody is listening.
+func (p *partial) offerPeer(q peer.ID) {
+	select {
+	case p.peers <- q:
+	default:
+	}
+}
+
 func (p *partial) unsubscribe(ch chan int) {
 	p.mu.Lock()
 	delete(p.subs, ch)
@@ -211,6 +235,13 @@ func (p *partial) write(i int, data []byte) (bool, error) {
 	if _, err := pf.log.Write(rec[:]); err != nil {
 		return false, diskErr(err)
 	}
+	// Before the chunk is marked held, so finish never reads it back.
+	pf.hmu.Lock()
+	if pf.next == i {
+		pf.h.Write(data)
+		pf.next++
+	}
+	pf.hmu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.have[i] {
@@ -267,32 +298,46 @@ func (p *partial) waitChunk(i int) error {
 	return p.failed
 }
 
-// finish follows the download file by file and chunk by chunk in order,
-// hashing each file whole as its chunks arrive (rarest-first breaks ties
-// by index, so it rarely waits long), and turns each verified file into a
-// blob. It returns when every file is a blob, or with the abort error.
-// The caller then calls complete.
+// finish follows the download file by file and turns each file into a
+// blob once its whole-file SHA-256 matches. write hashes chunks that
+// arrive in order from memory (rarest-first breaks ties by index, so most
+// do); finish reads back the rest as the chunks before them arrive. It
+// returns when every file is a blob, or with the abort error. The caller
+// then calls complete.
 func (p *partial) finish(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { p.abort(ctx.Err()) })
 	defer stop()
-	buf := make([]byte, p.l.m.ChunkSize)
+	var buf []byte
 	for fi, f := range p.l.m.Files {
 		pf := p.files[fi]
 		if pf.done {
 			continue
 		}
-		h := sha256.New()
-		for c := p.l.first[fi]; c < p.l.first[fi+1]; c++ {
-			if err := p.waitChunk(c); err != nil {
+		last := p.l.first[fi+1]
+		for {
+			pf.hmu.Lock()
+			for pf.next < last && p.has(pf.next) {
+				ch := p.l.chunks[pf.next]
+				if buf == nil {
+					buf = make([]byte, p.l.m.ChunkSize)
+				}
+				if _, err := pf.f.ReadAt(buf[:ch.n], ch.off); err != nil {
+					pf.hmu.Unlock()
+					return fmt.Errorf("weightcache: %w", err)
+				}
+				pf.h.Write(buf[:ch.n])
+				pf.next++
+			}
+			next := pf.next
+			pf.hmu.Unlock()
+			if next == last {
+				break
+			}
+			if err := p.waitChunk(next); err != nil {
 				return err
 			}
-			ch := p.l.chunks[c]
-			if _, err := pf.f.ReadAt(buf[:ch.n], ch.off); err != nil {
-				return fmt.Errorf("weightcache: %w", err)
-			}
-			h.Write(buf[:ch.n])
 		}
-		if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 {
+		if got := hex.EncodeToString(pf.h.Sum(nil)); got != f.SHA256 {
 			// Every chunk matched but the whole does not: the manifest
 			// contradicts itself. Nothing of this file can be trusted.
 			p.dropFile(fi)

@@ -1,6 +1,10 @@
 package weightcache
 
-import "github.com/libp2p/go-libp2p/core/peer"
+import (
+	"math/rand/v2"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
 
 // picker decides which chunk to ask which peer for. It is a plain state
 // machine (no I/O, no clock, no locking: the fetch serialises calls).
@@ -15,15 +19,37 @@ import "github.com/libp2p/go-libp2p/core/peer"
 // its pipeline is given a chunk already in flight elsewhere (the least
 // duplicated, at most maxDup requests per chunk), so a slow or stalled
 // peer does not hold up the tail.
+//
+// Seeds last: a peer that holds every chunk (the first copy, usually the
+// swarm's bottleneck uplink) is asked only for chunks no partial peer we
+// are connected to holds, picked at random among those (so fetchers that
+// cannot see each other's requests rarely ask it for the same chunk), one
+// request at a time, and it joins the end game only for the last few
+// chunks. What partial peers
+// hold comes from them; the seed's uplink goes to chunks nobody else has.
+// With no partial peer to trade with, a seed is asked in index order from
+// the start like anyone else.
 type picker struct {
 	have   []bool
 	avail  []int // live peers that have each chunk
+	part   []int // live partial peers (not holding every chunk) that have each chunk
 	flight []int // requests in flight per chunk
 	left   int   // chunks not held
 	peers  map[peer.ID]*pickPeer
 	maxDup int
 	start  int // index the scan for the rarest chunk begins at
+	rng    *rand.Rand
 }
+
+// seedPipeline is how many requests a seed may have from this fetcher
+// while it trades with partial peers: the seed's queue stays short, so
+// what it sends next is picked late, knowing what the others hold by then
+// (fetchers cannot see each other's requests, only their chunks).
+const seedPipeline = 1
+
+// seedEndGame is how many missing chunks a seed may be asked to
+// duplicate in the end game while partial peers hold them too.
+const seedEndGame = 2
 
 type pickPeer struct {
 	has  []bool
@@ -34,8 +60,9 @@ type pickPeer struct {
 func newPicker(have []bool, maxDup, start int) *picker {
 	pk := &picker{
 		have: append([]bool(nil), have...), avail: make([]int, len(have)),
-		flight: make([]int, len(have)), peers: map[peer.ID]*pickPeer{}, maxDup: maxDup,
-		start: start,
+		part: make([]int, len(have)), flight: make([]int, len(have)),
+		peers: map[peer.ID]*pickPeer{}, maxDup: maxDup, start: start,
+		rng: rand.New(rand.NewPCG(uint64(start), 0x5eed)),
 	}
 	for _, h := range have {
 		if !h {
@@ -57,7 +84,23 @@ func (pk *picker) addPeer(p peer.ID, bf []byte) {
 			pk.avail[i]++
 		}
 	}
+	pk.countPart(pp, 1)
 	pk.peers[p] = pp
+}
+
+// full reports whether pp holds every chunk.
+func (pk *picker) full(pp *pickPeer) bool { return pp.nhas == len(pk.have) }
+
+// countPart adds d to part for the chunks of pp, if it is partial.
+func (pk *picker) countPart(pp *pickPeer, d int) {
+	if pk.full(pp) {
+		return
+	}
+	for i, h := range pp.has {
+		if h {
+			pk.part[i] += d
+		}
+	}
 }
 
 // removePeer forgets p; its requests in flight go back to the pool.
@@ -71,6 +114,7 @@ func (pk *picker) removePeer(p peer.ID) {
 			pk.avail[i]--
 		}
 	}
+	pk.countPart(pp, -1)
 	for i := range pp.reqs {
 		pk.flight[i]--
 	}
@@ -86,6 +130,16 @@ func (pk *picker) gotHave(p peer.ID, i int) {
 	pp.has[i] = true
 	pp.nhas++
 	pk.avail[i]++
+	if pk.full(pp) {
+		// Now a seed: it no longer counts as a partial holder.
+		for j, h := range pp.has {
+			if h && j != i {
+				pk.part[j]--
+			}
+		}
+	} else {
+		pk.part[i]++
+	}
 }
 
 // useful reports whether p has any chunk still missing.
@@ -108,6 +162,11 @@ func (pk *picker) next(p peer.ID) (int, bool) {
 	if pp == nil || pk.left == 0 {
 		return 0, false
 	}
+	if pk.full(pp) {
+		if i, ok, trade := pk.nextFromSeed(pp); trade {
+			return i, ok
+		}
+	}
 	best, unasked := -1, false
 	n := len(pp.has)
 	for j := range n {
@@ -122,27 +181,76 @@ func (pk *picker) next(p peer.ID) (int, bool) {
 		}
 	}
 	if !unasked {
-		// End game only when nothing anywhere is left unasked.
-		for i, h := range pk.have {
-			if !h && pk.flight[i] == 0 {
-				return 0, false
-			}
-		}
-		for i, h := range pp.has {
-			if !h || pk.have[i] || pp.reqs[i] || pk.flight[i] >= pk.maxDup {
-				continue
-			}
-			if best < 0 || pk.flight[i] < pk.flight[best] {
-				best = i
-			}
-		}
+		best = pk.endGame(pp)
 		if best < 0 {
 			return 0, false
 		}
 	}
-	pp.reqs[best] = true
-	pk.flight[best]++
+	pk.ask(pp, best)
 	return best, true
+}
+
+// endGame picks a chunk in flight elsewhere for pp to duplicate, the
+// least duplicated first, or -1: only when nothing anywhere is left
+// unasked.
+func (pk *picker) endGame(pp *pickPeer) int {
+	for i, h := range pk.have {
+		if !h && pk.flight[i] == 0 {
+			return -1
+		}
+	}
+	best := -1
+	for i, h := range pp.has {
+		if !h || pk.have[i] || pp.reqs[i] || pk.flight[i] >= pk.maxDup {
+			continue
+		}
+		if best < 0 || pk.flight[i] < pk.flight[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+// nextFromSeed picks for a seed while partial peers hold chunks we lack
+// (trade true; else the caller picks as for anyone): a random unasked
+// chunk no partial peer holds, or in the last seedEndGame chunks an end
+// game duplicate, or nothing.
+func (pk *picker) nextFromSeed(pp *pickPeer) (i int, ok, trade bool) {
+	var cands []int
+	for i, h := range pk.have {
+		if h {
+			continue
+		}
+		if pk.part[i] > 0 {
+			trade = true
+		} else if pk.flight[i] == 0 && !pp.reqs[i] {
+			cands = append(cands, i)
+		}
+	}
+	if !trade {
+		return 0, false, false
+	}
+	if len(pp.reqs) >= seedPipeline {
+		return 0, false, true
+	}
+	if len(cands) > 0 {
+		i = cands[pk.rng.IntN(len(cands))]
+		pk.ask(pp, i)
+		return i, true, true
+	}
+	if pk.left > seedEndGame {
+		return 0, false, true
+	}
+	if i = pk.endGame(pp); i < 0 {
+		return 0, false, true
+	}
+	pk.ask(pp, i)
+	return i, true, true
+}
+
+func (pk *picker) ask(pp *pickPeer, i int) {
+	pp.reqs[i] = true
+	pk.flight[i]++
 }
 
 // received records that p answered its request for chunk i; ok says the

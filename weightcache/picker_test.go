@@ -19,10 +19,13 @@ func bits(n int, set func(i int) bool) []byte {
 }
 
 func TestPickerRarestFirstThenEndGame(t *testing.T) {
-	const n = 6
-	pk := newPicker(make([]bool, n), 2, 0)
+	// Chunk 6 is held already and a lacks it: both peers are partial.
+	const n = 7
+	have := make([]bool, n)
+	have[6] = true
+	pk := newPicker(have, 2, 0)
 	a, b := peer.ID("a"), peer.ID("b")
-	pk.addPeer(a, bits(n, func(int) bool { return true }))
+	pk.addPeer(a, bits(n, func(i int) bool { return i < 6 }))
 	pk.addPeer(b, bits(n, func(i int) bool { return i < 3 }))
 	// Chunks 3..5 only a has: rarest, so a gets them first, in index order.
 	for _, want := range []int{3, 4, 5, 0} {
@@ -50,6 +53,55 @@ func TestPickerRarestFirstThenEndGame(t *testing.T) {
 	pk.removePeer(a)
 	if _, ok := pk.next(b); ok {
 		t.Fatal("b was given work it cannot do")
+	}
+}
+
+// TestPickerSeedLast: a peer holding every chunk is asked only for chunks
+// no partial peer holds, and joins the end game only for the last chunks.
+func TestPickerSeedLast(t *testing.T) {
+	const n = 8
+	pk := newPicker(make([]bool, n), 2, 0)
+	seed, b := peer.ID("seed"), peer.ID("b")
+	pk.addPeer(seed, bits(n, func(int) bool { return true }))
+	pk.addPeer(b, bits(n, func(i int) bool { return i < 4 }))
+	got := map[int]bool{}
+	for range 4 {
+		i, ok := pk.next(seed)
+		if !ok || i < 4 || got[i] {
+			t.Fatalf("next(seed) = %d, %v; want a new chunk of 4..7 (so far %v)", i, ok, got)
+		}
+		got[i] = true
+		if j, ok := pk.next(seed); ok {
+			t.Fatalf("next(seed) = %d with %d in flight; want one request at a time", j, i)
+		}
+		pp := pk.peers[seed]
+		delete(pp.reqs, i) // as if it were on its way: in flight, not from the seed
+	}
+	if i, ok := pk.next(seed); ok {
+		t.Fatalf("next(seed) = %d; want nothing: b holds the rest", i)
+	}
+	for want := range 4 {
+		if i, ok := pk.next(b); !ok || i != want {
+			t.Fatalf("next(b) = %d, %v; want %d", i, ok, want)
+		}
+	}
+	for i := range 7 {
+		if i >= 4 {
+			pk.flight[i]-- // its sender is not in the test
+		}
+		pk.received(b, i, true)
+	}
+	pk.peers[seed].reqs[7] = true // the last chunk is in flight at the seed
+	// Once b is a seed too, both are asked as anyone would be.
+	pk.gotHave(b, 7)
+	pk.gotHave(b, 4)
+	pk.gotHave(b, 5)
+	pk.gotHave(b, 6)
+	if pk.part[7] != 0 {
+		t.Fatalf("part[7] = %d after b became a seed; want 0", pk.part[7])
+	}
+	if i, ok := pk.next(b); !ok || i != 7 {
+		t.Fatalf("end game next(b) = %d, %v; want 7", i, ok)
 	}
 }
 

@@ -105,7 +105,9 @@ func (srv *Server) session(s network.Stream) error {
 }
 
 // serveChunks answers chunk requests in order and forwards new haves.
-// A reader goroutine, owned here and waited for, decodes requests.
+// A loader goroutine, owned here and waited for, decodes requests and
+// reads and verifies each chunk while the one before it is being sent
+// (two buffers between them), so disk, hashing and the network overlap.
 func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) error {
 	p, err := srv.store.openReader(id)
 	if err != nil {
@@ -113,6 +115,7 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 		return writeError(s, code, "model not held")
 	}
 	defer p.release()
+	p.offerPeer(s.Conn().RemotePeer())
 	subs, bf := p.subscribe()
 	defer p.unsubscribe(subs)
 	n := len(p.l.chunks)
@@ -120,14 +123,28 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 		return err
 	}
 
+	type loaded struct {
+		i    int
+		data []byte
+		buf  []byte
+		err  error
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	reqs := make(chan int, 64)
+	free := make(chan []byte, serveBuffers)
+	for range serveBuffers {
+		buf, _ := srv.bufs.Get().([]byte)
+		if int64(cap(buf)) < p.l.m.ChunkSize {
+			buf = make([]byte, p.l.m.ChunkSize)
+		}
+		free <- buf[:cap(buf)]
+	}
+	out := make(chan loaded, serveBuffers)
 	var rerr error
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		defer close(reqs)
+		defer close(out)
 		var b [requestLen]byte
 		for {
 			if _, err := io.ReadFull(r, b[:]); err != nil {
@@ -139,27 +156,38 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 				rerr = err
 				return
 			}
+			var buf []byte
 			select {
-			case reqs <- i:
+			case buf = <-free:
 			case <-ctx.Done():
+				return
+			}
+			data, err := p.read(i, buf)
+			select {
+			case out <- loaded{i, data, buf, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
 				return
 			}
 		}
 	}()
 	defer func() {
 		cancel()
-		_ = s.Reset() // no-op after a clean close; unblocks the reader otherwise
+		_ = s.Reset() // no-op after a clean close; unblocks the loader otherwise
 		wg.Wait()
+		for ld := range out {
+			free <- ld.buf
+		}
+		for len(free) > 0 {
+			srv.bufs.Put(<-free) //nolint:staticcheck // a slice header is fine here
+		}
 	}()
 
-	buf, _ := srv.bufs.Get().([]byte)
-	if int64(cap(buf)) < p.l.m.ChunkSize {
-		buf = make([]byte, p.l.m.ChunkSize)
-	}
-	defer srv.bufs.Put(buf[:cap(buf)]) //nolint:staticcheck // a slice header is fine here
 	for {
 		select {
-		case i, ok := <-reqs:
+		case ld, ok := <-out:
 			if !ok {
 				wg.Wait()
 				if errors.Is(rerr, io.EOF) {
@@ -168,16 +196,18 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 				}
 				return rerr
 			}
-			data, err := p.read(i, buf)
-			if err != nil {
+			if ld.err != nil {
 				// Not held (a confused peer) or failed its hash on disk: refuse.
-				if errors.Is(err, ErrHashMismatch) {
-					srv.log.Warn("stored chunk failed verification", "id", id, "chunk", i)
+				if errors.Is(ld.err, ErrHashMismatch) {
+					srv.log.Warn("stored chunk failed verification", "id", id, "chunk", ld.i)
 				}
-				_ = writeError(s, codeBad, err.Error())
-				return err
+				free <- ld.buf
+				_ = writeError(s, codeBad, ld.err.Error())
+				return ld.err
 			}
-			if err := writeFrame(s, frData, uint32(i), data); err != nil {
+			err := writeFrame(s, frData, uint32(ld.i), ld.data)
+			free <- ld.buf
+			if err != nil {
 				return err
 			}
 		case i, ok := <-subs:
@@ -192,3 +222,7 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 		}
 	}
 }
+
+// serveBuffers is the chunk buffers per session: one being sent, one
+// being read and verified.
+const serveBuffers = 2

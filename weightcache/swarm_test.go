@@ -435,3 +435,62 @@ func TestSwarmServesWhileDownloading(t *testing.T) {
 		t.Fatalf("B: %+v; want everything from A alone", bStats)
 	}
 }
+
+// TestSwarmFetcherLearnsPeerThatAsksIt: A's lookups name only the seeder
+// and B's only A, but B asks A for the model, so A takes B as a source at
+// once.
+func TestSwarmFetcherLearnsPeerThatAsksIt(t *testing.T) {
+	nodes := meshtest.Pool(t, 3, meshtest.Fast)
+	src, id, data := seed(t, nodes[0], 1<<20)
+	nodes[0].RemoveHandler(Protocol)
+	gate := make(chan struct{}, 64)
+	gatedSeeder(t, nodes[0], src, id, gate)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	sa := newStore(t, 0)
+	serve(t, sa, nodes[1])
+	fa := fetcher(t, sa, nodes[1], &scriptedFinder{script: [][]*mesh.Node{{nodes[0]}}}, FetchConfig{Refresh: time.Minute})
+	var got atomic.Int64
+	aDone := make(chan error, 1)
+	var aStats FetchStats
+	go func() {
+		var err error
+		aStats, err = fa.Fetch(ctx, id, func(p Progress) { got.Store(p.DoneBytes) })
+		aDone <- err
+	}()
+	for range 3 {
+		gate <- struct{}{}
+	}
+	if !meshtest.Eventually(20*time.Second, func() bool { return got.Load() >= 2*minChunkSize }) {
+		t.Fatalf("A got %d bytes from the seeder", got.Load())
+	}
+	sb := newStore(t, 0)
+	serve(t, sb, nodes[2])
+	fb := fetcher(t, sb, nodes[2], &scriptedFinder{script: [][]*mesh.Node{{nodes[1]}}}, FetchConfig{Refresh: time.Minute})
+	var bGot atomic.Int64
+	bDone := make(chan error, 1)
+	var bStats FetchStats
+	go func() {
+		var err error
+		bStats, err = fb.Fetch(ctx, id, func(p Progress) { bGot.Store(p.DoneBytes) })
+		bDone <- err
+	}()
+	if !meshtest.Eventually(20*time.Second, func() bool { return bGot.Load() >= 2*minChunkSize }) {
+		cancel()
+		err := <-bDone
+		t.Fatalf("B got %d bytes: %v %+v; A has %d", bGot.Load(), err, bStats, got.Load())
+	}
+	close(gate)
+	if err := <-aDone; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-bDone; err != nil {
+		t.Fatal(err)
+	}
+	checkModel(t, sa, id, data)
+	checkModel(t, sb, id, data)
+	if aStats.Peers != 2 {
+		t.Fatalf("A: %+v; want sessions with the seeder and with B", aStats)
+	}
+}
