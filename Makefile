@@ -1,6 +1,7 @@
 # shoal — build, run, test.
 #
-#   make run     a one-node pool on loopback with a declared GPU (no GPU, registry or internet needed)
+#   make run     a one-node pool on loopback with a declared GPU and the gateway on 127.0.0.1:8080
+#                (no GPU, registry or internet needed); README shows how to serve the reference model
 #   make test    vet, format check and every test (race detector on the concurrent packages)
 #   make e2e     the slower end-to-end scenarios under test/
 #   make bench   benchmarks: 50-node pool formation, join/detect/RSS/start-up of real processes,
@@ -25,11 +26,12 @@ export CGO_CFLAGS ?= -O2 -Wno-deprecated-declarations
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/shoal
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(dir $(BIN))shoal-reference ./cmd/shoal-reference
 
 run: build
 	$(BIN) --home $(RUNHOME) up \
 		--listen /ip4/127.0.0.1/udp/0/quic-v1 --listen /ip4/127.0.0.1/tcp/0 \
-		--gpu "RTX 4090:24GiB:16384" --mdns=false --nat=false
+		--gpu "RTX 4090:24GiB:16384" --mdns=false --nat=false --gateway 127.0.0.1:8080
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -24,7 +24,8 @@ type Status struct {
 	Ready         bool        `json:"ready"`   // serving and in the pool; false while leaving
 	Resumed       bool        `json:"resumed"` // the pool was already in this home at start
 	Members       MemberCount `json:"members"`
-	InventoryMode string      `json:"inventory_mode"` // "nvml", "declared" or "none"
+	InventoryMode string      `json:"inventory_mode"`    // "nvml", "declared" or "none"
+	Gateway       string      `json:"gateway,omitempty"` // the gateway's address; empty: none
 }
 
 // MemberCount counts the members this node knows of.

@@ -95,6 +95,12 @@ type Config struct {
 	// under it. Zero: DefaultCacheBytes; negative: no limit.
 	CacheBytes int64
 
+	// Gateway is the TCP address of the OpenAI-compatible gateway, e.g.
+	// 127.0.0.1:8080 (port 0 picks a free one; /v1/status tells which).
+	// Empty: no client-facing gateway on this node (it still runs replicas
+	// and answers what other nodes' gateways forward over the mesh).
+	Gateway string
+
 	// Version is the software version published in the record and in
 	// /v1/status. Empty: "dev".
 	Version string

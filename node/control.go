@@ -33,6 +33,7 @@ type controlInfo struct {
 	Home      string
 	StartedAt time.Time
 	Resumed   bool
+	Gateway   string
 }
 
 // controlServer serves the control API over a MeshView. Its handlers are
@@ -84,6 +85,7 @@ func (s *controlServer) status(w http.ResponseWriter, r *http.Request) {
 		Resumed:       s.info.Resumed,
 		Members:       countMembers(s.mesh.Members()),
 		InventoryMode: s.mode(),
+		Gateway:       s.info.Gateway,
 	})
 }
 

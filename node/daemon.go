@@ -240,11 +240,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer wc.close()
 	}
 
-	dep, err := d.startDeploy(home, log, m, inv)
+	act := newActivity()
+	dep, err := d.startDeploy(home, log, m, inv, act)
 	if err != nil {
 		return err
 	}
 	defer dep.Close()
+	parts, err := d.startServing(home, log, m, dep, wc, act)
+	if err != nil {
+		return err
+	}
+	defer parts.close()
 
 	sock := filepath.Join(home, SocketFile)
 	ln, err := listenControl(sock)
@@ -255,7 +261,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		mesh: m,
 		info: controlInfo{
 			Name: cfg.Name, Version: cfg.Version, Home: home,
-			StartedAt: startedAt, Resumed: resumed,
+			StartedAt: startedAt, Resumed: resumed, Gateway: parts.address(),
 		},
 		mode:          pr.Mode,
 		ready:         d.ready.Load,

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -88,6 +89,9 @@ type deployConfig struct {
 	Inv      hardware.Inventory
 	Clock    Clock
 	Log      *slog.Logger
+	// Activity says when the pool's gateways last saw traffic for a
+	// deployment; nil: scale-to-zero deployments stay at zero.
+	Activity *activity
 	// Coordinator overrides timings (tests); Self is filled in.
 	Coordinator  coordinator.Config
 	StepInterval time.Duration
@@ -112,6 +116,12 @@ type deployService struct {
 	mu    sync.Mutex
 	store *coordinator.Store
 	dirty bool // store changed since the last save
+	// runs lists the replicas running in the pool (set before the control
+	// API serves; nil: none known).
+	runs func() []ReplicaRun
+	// logs writes the output of this node's replicas of a deployment (set
+	// with runs; nil: none).
+	logs func(ctx context.Context, dep string, w io.Writer) int
 
 	poke   chan struct{}
 	ctx    context.Context
@@ -223,6 +233,11 @@ func (s *deployService) step() {
 	s.store.Forget(now.Add(-tombstoneAge))
 	recs := s.store.List()
 	s.mu.Unlock()
+	for i, r := range recs {
+		if r.Spec.ScaleToZero && !s.inUse(r, now) {
+			recs[i].Spec.Request.Replicas = 0
+		}
+	}
 	ups := s.coord.Step(s.ctx, now, recs)
 	var changed []coordinator.Record
 	s.mu.Lock()
@@ -239,6 +254,23 @@ func (s *deployService) step() {
 	if len(changed) > 0 {
 		s.pushAll(changed)
 	}
+}
+
+// inUse reports whether a scale-to-zero deployment saw traffic on some
+// gateway within its idle timeout.
+func (s *deployService) inUse(r coordinator.Record, now time.Time) bool {
+	ago, ok := s.cfg.Activity.since(r.ID, now)
+	return ok && ago < r.Spec.IdleTimeout
+}
+
+// record returns this member's copy of deployment name.
+func (s *deployService) record(name string) (coordinator.Record, bool) {
+	if s == nil {
+		return coordinator.Record{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.store.Get(name)
 }
 
 // alivePeers are the other alive members.
@@ -355,6 +387,9 @@ type DeployRequest struct {
 type Deployment struct {
 	coordinator.Record
 	Owner string `json:"owner"`
+	// Runs are the replicas nodes report running (or starting, or
+	// failed) for it.
+	Runs []ReplicaRun `json:"runs"`
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -396,8 +431,21 @@ func (s *deployService) submit(req DeployRequest) (Deployment, error) {
 		return Deployment{}, fmt.Errorf("%w: %w", ErrBadDeployment, err)
 	}
 	r.ID = name
+	cs := coordinator.Spec{Name: name, Template: spec.Template, Params: spec.Params, Request: r, Updated: s.cfg.Clock.Now()}
+	if req.TemplateYAML != "" {
+		cs.Source = req.TemplateYAML
+	}
+	if spec.Kind == template.Service && spec.Scaling.MinReplicas == 0 && req.Replicas == 0 {
+		// Scales to zero: no replica until the first request; Replicas is
+		// the count while it has traffic.
+		cs.ScaleToZero = true
+		cs.IdleTimeout = time.Duration(spec.Scaling.IdleTimeout)
+		if cs.IdleTimeout <= 0 {
+			cs.IdleTimeout = defaultIdleTimeout
+		}
+	}
 	s.mu.Lock()
-	rec := s.store.Put(name, coordinator.Spec{Name: name, Template: spec.Template, Params: spec.Params, Request: r, Updated: s.cfg.Clock.Now()})
+	rec := s.store.Put(name, cs)
 	s.dirty = true
 	s.mu.Unlock()
 	s.pushAll([]coordinator.Record{rec})
@@ -418,6 +466,98 @@ func (s *deployService) remove(name string) (Deployment, error) {
 	return s.viewOf(rec), nil
 }
 
+// ScaleRequest is the body of POST /v1/deployments/{name}/scale.
+type ScaleRequest struct {
+	// Replicas: N ≥ 1 keeps N replicas running; 0 lets the deployment
+	// scale to zero (one replica while it has traffic, none after its idle
+	// timeout).
+	Replicas int `json:"replicas"`
+}
+
+// scale writes a new replica count into deployment name's spec.
+func (s *deployService) scale(name string, n int) (Deployment, error) {
+	if n < 0 || n > coordinator.MaxReplicas {
+		return Deployment{}, fmt.Errorf("%w: %d replicas, want 0..%d", ErrBadDeployment, n, coordinator.MaxReplicas)
+	}
+	s.mu.Lock()
+	rec, ok := s.store.Get(name)
+	if !ok || rec.Spec.Deleted {
+		s.mu.Unlock()
+		return Deployment{}, fmt.Errorf("%w: %s", coordinator.ErrUnknownDeployment, name)
+	}
+	spec := rec.Spec
+	if spec.Request.Gang {
+		s.mu.Unlock()
+		return Deployment{}, fmt.Errorf("%w: %s is a gang; its size is its template's", ErrBadDeployment, name)
+	}
+	if n == 0 {
+		spec.ScaleToZero = true
+		spec.Request.Replicas = max(1, spec.Request.Replicas)
+		if spec.IdleTimeout <= 0 {
+			spec.IdleTimeout = defaultIdleTimeout
+		}
+	} else {
+		spec.ScaleToZero, spec.Request.Replicas = false, n
+	}
+	spec.Updated = s.cfg.Clock.Now()
+	rec = s.store.Put(name, spec)
+	s.dirty = true
+	s.mu.Unlock()
+	s.pushAll([]coordinator.Record{rec})
+	s.kick()
+	return s.viewOf(rec), nil
+}
+
+// handleLogs answers the output of this node's replicas of a deployment
+// as text, each after a "== replica ID ==" line, then a line naming the
+// nodes that run its other replicas.
+func (s *deployService) handleLogs(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	rec, ok := s.record(name)
+	if !ok || rec.Spec.Deleted {
+		writeError(w, http.StatusNotFound, "no deployment %q; `shoal ps` lists them", name)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	n := 0
+	if s.logs != nil {
+		n = s.logs(r.Context(), name, w)
+	}
+	var elsewhere []string
+	if s.runs != nil {
+		for _, x := range s.runs() {
+			if x.Deployment == name && x.Node != s.self {
+				elsewhere = append(elsewhere, x.Node)
+			}
+		}
+	}
+	if len(elsewhere) > 0 {
+		fmt.Fprintf(w, "== other replicas run on %s; run `shoal logs %s` there ==\n", strings.Join(elsewhere, ", "), name)
+	} else if n == 0 {
+		fmt.Fprintf(w, "== no replica of %s runs now ==\n", name)
+	}
+}
+
+func (s *deployService) handleScale(w http.ResponseWriter, r *http.Request) {
+	var req ScaleRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "scale request: %v", err)
+		return
+	}
+	name := r.PathValue("name")
+	d, err := s.scale(name, req.Replicas)
+	switch {
+	case errors.Is(err, coordinator.ErrUnknownDeployment):
+		writeError(w, http.StatusNotFound, "no deployment %q; `shoal ps` lists them", name)
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "%v", err)
+	default:
+		writeJSON(w, http.StatusOK, d)
+	}
+}
+
 func (s *deployService) list() []Deployment {
 	s.mu.Lock()
 	recs := s.store.List()
@@ -436,7 +576,15 @@ func (s *deployService) viewOf(r coordinator.Record) Deployment {
 	for _, n := range s.view.Nodes() {
 		ids = append(ids, n.ID)
 	}
-	return Deployment{Record: r, Owner: coordinator.Owner(r.ID, ids)}
+	d := Deployment{Record: r, Owner: coordinator.Owner(r.ID, ids), Runs: []ReplicaRun{}}
+	if s.runs != nil {
+		for _, x := range s.runs() {
+			if x.Deployment == r.ID {
+				d.Runs = append(d.Runs, x)
+			}
+		}
+	}
+	return d
 }
 
 // requestOf turns a rendered template into one replica's request. Whole
@@ -587,6 +735,8 @@ func (s *deployService) routes(next http.Handler) http.Handler {
 	mux.HandleFunc("GET /v1/deployments", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.list()) })
 	mux.HandleFunc("GET /v1/deployments/{name}", s.handleGet)
 	mux.HandleFunc("DELETE /v1/deployments/{name}", s.handleRemove)
+	mux.HandleFunc("POST /v1/deployments/{name}/scale", s.handleScale)
+	mux.HandleFunc("GET /v1/deployments/{name}/logs", s.handleLogs)
 	mux.HandleFunc("GET /v1/ledger", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.led.view()) })
 	mux.Handle("/", next)
 	return mux
@@ -637,7 +787,7 @@ func (s *deployService) handleRemove(w http.ResponseWriter, r *http.Request) {
 // startDeploy starts the deployment service over m; a mesh that cannot
 // carry streams (a test fake) gets none, and the daemon runs without
 // deployments.
-func (d *Daemon) startDeploy(home string, log *slog.Logger, m meshNode, inv hardware.Inventory) (*deployService, error) {
+func (d *Daemon) startDeploy(home string, log *slog.Logger, m meshNode, inv hardware.Inventory, act *activity) (*deployService, error) {
 	st, ok := m.(streams)
 	if !ok {
 		return nil, nil
@@ -645,7 +795,7 @@ func (d *Daemon) startDeploy(home string, log *slog.Logger, m meshNode, inv hard
 	ann, _ := m.(freeAnnouncer)
 	return newDeployService(deployConfig{
 		Self: m.ID(), Home: home, Version: d.cfg.Version, Members: m, Streams: st,
-		Announce: ann, Inv: inv, Clock: d.cfg.Clock, Log: log,
+		Announce: ann, Inv: inv, Clock: d.cfg.Clock, Log: log, Activity: act,
 	})
 }
 

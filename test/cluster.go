@@ -20,10 +20,11 @@ import (
 )
 
 // Loopback are the listen flags every test node uses: loopback only, ports
-// chosen by the kernel, no mDNS or port mapping (they send beyond loopback).
+// chosen by the kernel, no mDNS or port mapping (they send beyond loopback),
+// and a gateway on a free loopback port (`shoal status` tells which).
 var Loopback = []string{
 	"--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--listen", "/ip4/127.0.0.1/tcp/0",
-	"--mdns=false", "--nat=false",
+	"--mdns=false", "--nat=false", "--gateway", "127.0.0.1:0",
 }
 
 var (

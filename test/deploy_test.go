@@ -64,6 +64,11 @@ type deployment struct {
 		} `json:"replicas"`
 	} `json:"status"`
 	Owner string `json:"owner"`
+	Runs  []struct {
+		ID    string `json:"id"`
+		Node  string `json:"node"`
+		State string `json:"state"`
+	} `json:"runs"`
 }
 
 // startPool starts one node per flag set, all in one pool, and waits until

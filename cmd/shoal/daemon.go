@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -35,6 +36,7 @@ type daemonFlags struct {
 	force   bool // join only
 	joinFor time.Duration
 	cache   string
+	gateway string
 }
 
 func (f *daemonFlags) register(cmd *cobra.Command) {
@@ -48,6 +50,7 @@ func (f *daemonFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.name, "name", "", "name of this node in the pool (default the hostname)")
 	fs.DurationVar(&f.joinFor, "join-timeout", node.DefaultJoinTimeout, "how long to try the pool's known members at start; `up` then runs alone (mDNS or members dialling in can still find it), `join` fails")
 	fs.StringVar(&f.cache, "cache-size", "100GiB", "size limit of the weight cache (HOME/weights), e.g. 500GiB or 2TB; least recently used unpinned models are evicted beyond it; 0: no limit")
+	fs.StringVar(&f.gateway, "gateway", "127.0.0.1:8080", "address of the OpenAI-compatible gateway (/v1/models, /v1/chat/completions, ...); port 0 picks a free one (`shoal status` shows it); off: no gateway on this node")
 	cmd.MarkFlagFilename("gpu-file", "yaml", "yml")
 }
 
@@ -69,6 +72,14 @@ func (f *daemonFlags) config(a *app) (node.Config, error) {
 		return cfg, usagef("--cache-size %q: %v", f.cache, err)
 	}
 	cfg.CacheBytes = cache
+	switch f.gateway {
+	case "off", "":
+	default:
+		if _, _, err := net.SplitHostPort(f.gateway); err != nil {
+			return cfg, usagef("--gateway %q: want HOST:PORT or off (%v)", f.gateway, err)
+		}
+		cfg.Gateway = f.gateway
+	}
 	if len(f.listen) > 0 {
 		cfg.ListenAddrs = nil
 		for _, s := range f.listen {

@@ -6,12 +6,14 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/shoalmesh/shoal/node"
 	"github.com/shoalmesh/shoal/runtime/template"
+	"github.com/shoalmesh/shoal/scheduler/coordinator"
 )
 
 func (a *app) deployCmd() *cobra.Command {
@@ -35,7 +37,10 @@ A deployment that cannot fit now waits in the queue with its reason; one
 that no node could ever hold is marked failed with the constraint and the
 closest node. 'shoal ps' shows where each stands.
 
-Replicas are placed (their GPUs reserved), not started yet.`,
+Each node that holds a replica's reservation starts it (weights made local
+first) and the gateway of every node serves it under the deployment's name.
+A service whose template has minReplicas: 0 starts cold and runs a replica
+only while requests come (see 'shoal scale').`,
 		Example: `  shoal deploy vllm --set model=Qwen/Qwen2.5-7B-Instruct
   shoal deploy reference --set model=ref-tiny --name ref --replicas 2
   shoal deploy -f my-template.yaml --set size=7b`,
@@ -124,10 +129,11 @@ func (a *app) psCmd() *cobra.Command {
 		Use:   "ps",
 		Short: "List deployments, their replicas and where they are placed",
 		Long: `List every deployment of the pool, one row per placed replica (a deployment
-without replicas gets one row). Columns: NAME, STATE (queued, placed,
-failed), REPLICAS (placed/desired), REPLICA, NODE (peer ID prefix), GPUS
-(UUID:milli), REASON (why queued or failed; the closest node in brackets),
-COORDINATOR.
+without replicas gets one row). Columns: NAME, STATE (queued, failed, cold
+for a deployment scaled to zero, else the replica's: placed, starting, ready,
+backoff, failed, stopping), REPLICAS (placed/desired), REPLICA, NODE (peer ID
+prefix), GPUS (UUID:milli), REASON (why queued or failed; the closest node in
+brackets), COORDINATOR.
 
 -o json prints the array the control API returns (GET /v1/deployments).`,
 		Example: `  shoal ps
@@ -169,6 +175,9 @@ func writePS(w io.Writer, ds []node.Deployment) error {
 			reason += " [closest " + shortPeer(st.Closest) + "]"
 		}
 		coord := shortPeer(st.Coordinator)
+		if len(st.Replicas) == 0 && d.Spec.ScaleToZero && st.State == coordinator.StatePlaced {
+			state, count = "cold", fmt.Sprintf("0/%d", d.Spec.Request.Replicas)
+		}
 		if len(st.Replicas) == 0 {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t%s\t%s\n", d.ID, state, count, dash(reason), coord)
 			continue
@@ -190,11 +199,82 @@ func writePS(w io.Writer, ds []node.Deployment) error {
 			if _, rest, ok := strings.Cut(rid, "-"); ok {
 				rid = rest
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, state, count, rid,
-				strings.Join(nodes, ","), dash(strings.Join(gpus, ",")), dash(reason), coord)
+			rstate, rreason := state, reason
+			for _, x := range d.Runs {
+				if coordinator.ReplicaID(x.Reservation) == r.ID {
+					rstate, rreason = x.State, x.Reason
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, rstate, count, rid,
+				strings.Join(nodes, ","), dash(strings.Join(gpus, ",")), dash(rreason), coord)
 		}
 	}
 	return tw.Flush()
+}
+
+func (a *app) scaleCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "scale NAME N",
+		Short: "Set how many replicas a deployment runs",
+		Long: `Set a deployment's replica count: N >= 1 keeps N replicas running; 0 lets
+it scale to zero (one replica while requests come, none after its template's
+idleTimeout without traffic). Its coordinator places or releases replicas on
+its next step.`,
+		Example: `  shoal scale vllm 3
+  shoal scale vllm 0`,
+		Args: exactArgs(2, "a deployment name and a replica count"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[1])
+			if err != nil || n < 0 {
+				return usagef("replica count %q: want a whole number, 0 or more", args[1])
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			d, err := c.Scale(cmd.Context(), args[0], n)
+			var ae *node.APIError
+			if errors.As(err, &ae) && (ae.StatusCode == http.StatusNotFound || ae.StatusCode == http.StatusBadRequest) {
+				return usagef("%s", ae.Message)
+			}
+			if err != nil {
+				return err
+			}
+			if a.json() {
+				return a.printJSON(d)
+			}
+			if n == 0 {
+				_, err = fmt.Fprintf(a.stdout, "deployment %s scales to zero after %v without traffic\n", d.ID, d.Spec.IdleTimeout)
+			} else {
+				_, err = fmt.Fprintf(a.stdout, "deployment %s scaled to %d replica(s)\n", d.ID, n)
+			}
+			return err
+		},
+	}
+}
+
+func (a *app) logsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print the output of a deployment's replicas on this node",
+		Long: `Print what the replicas of a deployment that run on this node wrote to
+stdout and stderr, each after a "== replica ID (STATE) ==" line. Replicas on
+other nodes are named in a last line; run 'shoal logs' on those nodes.`,
+		Example: `  shoal logs reference`,
+		Args:    exactArgs(1, "a deployment name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			err = c.Logs(cmd.Context(), args[0], a.stdout)
+			var ae *node.APIError
+			if errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound {
+				return usagef("%s", ae.Message)
+			}
+			return err
+		},
+	}
 }
 
 func (a *app) rmCmd() *cobra.Command {

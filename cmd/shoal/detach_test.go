@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 }
 
 // localFlags keep a daemon on loopback: no fixed port, no LAN traffic.
-var localFlags = []string{"--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false", "--nat=false"}
+var localFlags = []string{"--listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false", "--nat=false", "--gateway", "127.0.0.1:0"}
 
 // A detached daemon on the real mesh: up returns once it is ready, the
 // client commands reach it, leave stops it.

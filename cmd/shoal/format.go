@@ -128,6 +128,9 @@ func writeStatus(w io.Writer, st node.Status, now time.Time) error {
 	fmt.Fprintf(tw, "UPTIME\t%s\n", uptime(st.StartedAt, now))
 	fmt.Fprintf(tw, "INVENTORY\t%s\n", dash(st.InventoryMode))
 	fmt.Fprintf(tw, "READY\t%s\n", ready)
+	if st.Gateway != "" {
+		fmt.Fprintf(tw, "GATEWAY\thttp://%s\n", st.Gateway)
+	}
 	return tw.Flush()
 }
 

@@ -71,6 +71,8 @@ Exit status: 0 success, 1 error, 2 usage error (bad flag, argument or token).`,
 		a.deployCmd(),
 		a.psCmd(),
 		a.rmCmd(),
+		a.scaleCmd(),
+		a.logsCmd(),
 	)
 	return root
 }

@@ -52,12 +52,25 @@ type Spec struct {
 	// releases every reservation it holds.
 	Deleted bool      `json:"deleted,omitempty"`
 	Updated time.Time `json:"updated"`
+	// Source is the template's YAML when it was not a built-in one, so a
+	// node can render the replica it runs.
+	Source string `json:"source,omitempty"`
+	// ScaleToZero lets Request.Replicas be 0: the deployment runs no
+	// replica while it has no traffic. IdleTimeout is how long without
+	// traffic before its replicas are released (the caller of Step lowers
+	// Request.Replicas; the coordinator only honours it).
+	ScaleToZero bool          `json:"scale_to_zero,omitempty"`
+	IdleTimeout time.Duration `json:"idle_timeout,omitempty"`
 }
 
-// Desired is the number of replicas the spec asks for (0 when deleted).
+// Desired is the number of replicas the spec asks for (0 when deleted, or
+// when it scales to zero and asks for none).
 func (s Spec) Desired() int {
 	if s.Deleted {
 		return 0
+	}
+	if s.ScaleToZero {
+		return max(0, s.Request.Replicas)
 	}
 	return max(1, s.Request.Replicas)
 }

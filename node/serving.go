@@ -1,0 +1,511 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/shoalmesh/shoal/mesh"
+	"github.com/shoalmesh/shoal/runtime"
+	"github.com/shoalmesh/shoal/runtime/gateway"
+)
+
+// ServeProtocol carries serving reports between members: one stream, one
+// frame (uvarint length, JSON serveReport) from a node to a member.
+//
+// Why a report of its own rather than the deployment status or the node
+// record: a replica's phase (starting, ready, failed) is known first by
+// the node that runs it, and it changes within a cold start, the moment a
+// waiting request cares about. The node is the only writer of its report,
+// so there is nothing to merge; pushing it to every alive member on each
+// change (and every reportInterval, so a member that missed one or joined
+// later catches up) reaches every gateway in one hop, without waiting for
+// the coordinator's next step or a record's rate-limited republish. The
+// same report carries the node's gateway traffic, which tells whichever
+// member coordinates a scale-to-zero deployment that it is in use.
+const (
+	ServeProtocol = protocol.ID("/shoal/serve/1.0.0")
+	// reportInterval: how often a node pushes its report unprompted.
+	reportInterval = 2 * time.Second
+	// reportTTL: a report older than this is ignored (its node is gone or
+	// cut off; its membership state will follow).
+	reportTTL      = 3 * reportInterval
+	maxReportBytes = 1 << 20
+	// defaultIdleTimeout: a scale-to-zero deployment whose template names
+	// no idleTimeout releases its replicas after this long without traffic.
+	defaultIdleTimeout = 10 * time.Minute
+)
+
+// serveReport is one node's serving state.
+type serveReport struct {
+	Replicas []ReplicaRun `json:"replicas"`
+	// IdleMillis: for each deployment this node's gateway saw traffic for,
+	// how long ago it last did (milliseconds; relative, so clocks need not
+	// agree).
+	IdleMillis map[string]int64 `json:"idle_ms,omitempty"`
+	// Waiting: requests this node's gateway holds for a replica.
+	Waiting map[string]int `json:"waiting,omitempty"`
+}
+
+// activity is the last time any gateway of the pool saw traffic for each
+// deployment, as this node learned it. Safe for concurrent use.
+type activity struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+func newActivity() *activity { return &activity{last: map[string]time.Time{}} }
+
+func (a *activity) note(dep string, at time.Time) {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if at.After(a.last[dep]) {
+		a.last[dep] = at
+	}
+}
+
+// since is how long ago dep last saw traffic, and whether it ever did.
+func (a *activity) since(dep string, now time.Time) (time.Duration, bool) {
+	if a == nil {
+		return 0, false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t, ok := a.last[dep]
+	return now.Sub(t), ok
+}
+
+// serving is the daemon's side of serving: it exchanges serving reports
+// with the members and is the gateway's Directory, Scaler and Reporter.
+// It owns one loop goroutine and the pushes it starts; close stops them.
+type serving struct {
+	self    peer.ID
+	members Membership
+	streams streams
+	runner  *replicaRunner
+	dep     *deployService
+	act     *activity
+	log     *slog.Logger
+	waiting func(dep string) int // the local gateway's queue; nil before it runs
+
+	mu      sync.Mutex
+	reports map[peer.ID]received
+	local   map[string]time.Time // this gateway's last traffic per deployment
+	changed chan struct{}
+	sig     string
+
+	poke   chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type received struct {
+	at  time.Time
+	rep serveReport
+}
+
+var (
+	_ gateway.Directory = (*serving)(nil)
+	_ gateway.Scaler    = (*serving)(nil)
+	_ gateway.Reporter  = (*serving)(nil)
+)
+
+func newServing(sv *serving) *serving {
+	sv.reports = map[peer.ID]received{}
+	sv.local = map[string]time.Time{}
+	sv.changed = make(chan struct{})
+	sv.poke = make(chan struct{}, 1)
+	sv.log = sv.log.With("component", "serving")
+	sv.ctx, sv.cancel = context.WithCancel(context.Background())
+	sv.streams.Handle(ServeProtocol, sv.handle)
+	sv.wg.Add(1)
+	go sv.loop()
+	return sv
+}
+
+func (sv *serving) close() {
+	if sv == nil {
+		return
+	}
+	sv.cancel()
+	sv.wg.Wait()
+}
+
+func (sv *serving) kick() {
+	select {
+	case sv.poke <- struct{}{}:
+	default:
+	}
+}
+
+func (sv *serving) loop() {
+	defer sv.wg.Done()
+	t := time.NewTicker(reportInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-sv.ctx.Done():
+			return
+		case <-sv.poke:
+		case <-t.C:
+		}
+		sv.refresh()
+		rep := sv.report()
+		for _, m := range sv.members.Members() {
+			if !m.Self && m.State == mesh.StateAlive && m.PeerID != sv.self {
+				sv.push(m.PeerID, rep)
+			}
+		}
+	}
+}
+
+// report is this node's serving state now.
+func (sv *serving) report() serveReport {
+	rep := serveReport{Replicas: sv.runner.list()}
+	now := time.Now()
+	sv.mu.Lock()
+	for dep, t := range sv.local {
+		if rep.IdleMillis == nil {
+			rep.IdleMillis = map[string]int64{}
+		}
+		rep.IdleMillis[dep] = now.Sub(t).Milliseconds()
+	}
+	w := sv.waiting
+	deps := make([]string, 0, len(sv.local))
+	for dep := range sv.local {
+		deps = append(deps, dep)
+	}
+	sv.mu.Unlock()
+	if w != nil {
+		for _, dep := range deps {
+			if n := w(dep); n > 0 {
+				if rep.Waiting == nil {
+					rep.Waiting = map[string]int{}
+				}
+				rep.Waiting[dep] = n
+			}
+		}
+	}
+	return rep
+}
+
+func (sv *serving) push(p peer.ID, rep serveReport) {
+	if sv.ctx.Err() != nil {
+		return
+	}
+	sv.wg.Add(1)
+	go func() {
+		defer sv.wg.Done()
+		ctx, cancel := context.WithTimeout(sv.ctx, 5*time.Second)
+		defer cancel()
+		st, err := sv.streams.OpenStream(ctx, p, ServeProtocol)
+		if err != nil {
+			sv.log.Debug("serving report not pushed", "peer", p, "err", err)
+			return
+		}
+		defer st.Close()
+		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := writeFrame(st, rep); err != nil {
+			st.Reset()
+			return
+		}
+		_ = st.CloseWrite()
+		var ack [1]byte
+		_, _ = st.Read(ack[:])
+	}()
+}
+
+func (sv *serving) handle(st network.Stream) {
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := readFrame(bufio.NewReader(st), maxReportBytes)
+	if err != nil {
+		st.Reset()
+		return
+	}
+	var rep serveReport
+	if err := json.Unmarshal(b, &rep); err != nil {
+		st.Reset()
+		return
+	}
+	from := st.Conn().RemotePeer()
+	now := time.Now()
+	for i := range rep.Replicas {
+		rep.Replicas[i].Node = from.String() // a node speaks for itself only
+		rep.Replicas[i].Endpoint = ""
+	}
+	for dep, ms := range rep.IdleMillis {
+		sv.act.note(dep, now.Add(-time.Duration(ms)*time.Millisecond))
+	}
+	for dep := range rep.Waiting {
+		sv.act.note(dep, now)
+	}
+	sv.mu.Lock()
+	sv.reports[from] = received{at: now, rep: rep}
+	sv.mu.Unlock()
+	_, _ = st.Write([]byte{1})
+	sv.refresh()
+	if len(rep.Waiting) > 0 {
+		sv.dep.kick()
+	}
+}
+
+// ready is every ready replica in the pool: this node's from its runner,
+// the others' from their fresh reports while they are alive.
+func (sv *serving) all() []ReplicaRun {
+	out := sv.runner.list()
+	alive := map[peer.ID]bool{}
+	for _, m := range sv.members.Members() {
+		if m.State == mesh.StateAlive {
+			alive[m.PeerID] = true
+		}
+	}
+	now := time.Now()
+	sv.mu.Lock()
+	for p, r := range sv.reports {
+		if p == sv.self || !alive[p] || now.Sub(r.at) > reportTTL {
+			continue
+		}
+		out = append(out, r.rep.Replicas...)
+	}
+	sv.mu.Unlock()
+	return out
+}
+
+// refresh wakes the requests waiting on a directory change when the set
+// of ready replicas changed.
+func (sv *serving) refresh() {
+	var keys []string
+	for _, x := range sv.all() {
+		if x.State == PhaseReady {
+			keys = append(keys, x.Deployment+"/"+x.Node+"/"+x.ID+"@"+x.Endpoint)
+		}
+	}
+	sort.Strings(keys)
+	sig := strings.Join(keys, ";")
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	if sig != sv.sig {
+		sv.sig = sig
+		close(sv.changed)
+		sv.changed = make(chan struct{})
+	}
+}
+
+// Lookup implements gateway.Directory.
+func (sv *serving) Lookup(dep string) ([]gateway.Replica, <-chan struct{}, bool) {
+	sv.mu.Lock()
+	ch := sv.changed
+	sv.mu.Unlock()
+	rec, ok := sv.dep.record(dep)
+	if !ok || rec.Spec.Deleted {
+		return nil, ch, false
+	}
+	var out []gateway.Replica
+	for _, x := range sv.all() {
+		if x.Deployment != dep || x.State != PhaseReady {
+			continue
+		}
+		p, err := peer.Decode(x.Node)
+		if err != nil {
+			continue
+		}
+		out = append(out, gateway.Replica{ID: x.ID, Deployment: dep, Node: p, Endpoint: x.Endpoint, Load: x.InFlight})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, ch, true
+}
+
+// Deployments implements gateway.Directory.
+func (sv *serving) Deployments() []string {
+	var out []string
+	for _, d := range sv.dep.list() {
+		out = append(out, d.ID)
+	}
+	return out
+}
+
+// ScaleUp implements gateway.Scaler: it marks the deployment in use and
+// tells every member at once, so that its coordinator (whichever member
+// that is) places a replica on its next step.
+func (sv *serving) ScaleUp(ctx context.Context, dep string) error {
+	now := time.Now()
+	sv.mu.Lock()
+	sv.local[dep] = now
+	sv.mu.Unlock()
+	sv.act.note(dep, now)
+	sv.kick()
+	sv.dep.kick()
+	return nil
+}
+
+// Report implements gateway.Reporter: an interval with traffic marks the
+// deployment in use.
+func (sv *serving) Report(dep string, s gateway.Sample) {
+	if s.Requests == 0 && s.Concurrency == 0 && s.Waiting == 0 {
+		return
+	}
+	sv.mu.Lock()
+	if s.At.After(sv.local[dep]) {
+		sv.local[dep] = s.At
+	}
+	sv.mu.Unlock()
+	sv.act.note(dep, s.At)
+}
+
+// runs is every replica of the pool that this node knows of, for ps.
+func (sv *serving) runs() []ReplicaRun {
+	if sv == nil {
+		return nil
+	}
+	return sv.all()
+}
+
+// gatewayServer is the gateway listening on its TCP address.
+type gatewayServer struct {
+	gw     *gateway.Gateway
+	srv    *http.Server
+	addr   string
+	cancel context.CancelFunc
+	done   chan struct{} // Serve returned
+	ticked chan struct{} // Run returned
+}
+
+// startGateway starts the gateway: it always serves the requests other
+// nodes' gateways forward to this node's replicas (over the mesh), and
+// listens for clients on addr unless addr is empty.
+func startGateway(addr string, sv *serving, m any, log *slog.Logger) (*gatewayServer, error) {
+	var ln net.Listener
+	if addr != "" {
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, err
+		}
+	}
+	cfg := gateway.Config{
+		Self: sv.self, Directory: sv, Scaler: sv, Reporter: sv,
+		Logger:       log.With("component", "gateway"),
+		QueueTimeout: 2 * time.Minute,
+		ScaleUpRetry: 2 * time.Second,
+	}
+	if so, ok := m.(gateway.StreamOpener); ok {
+		cfg.Streams = so
+	}
+	if ss, ok := m.(gateway.StreamServer); ok {
+		cfg.Server = ss
+	}
+	gw, err := gateway.New(cfg)
+	if err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return nil, err
+	}
+	sv.mu.Lock()
+	sv.waiting = gw.Waiting
+	sv.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &gatewayServer{gw: gw, cancel: cancel, done: make(chan struct{})}
+	g.srv = &http.Server{Handler: gw, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if ln == nil {
+		close(g.done)
+	} else {
+		g.addr = ln.Addr().String()
+	}
+	g.ticked = make(chan struct{})
+	go func() {
+		defer close(g.ticked)
+		_ = gw.Run(ctx)
+	}()
+	if ln != nil {
+		go func() {
+			defer close(g.done)
+			_ = g.srv.Serve(ln)
+		}()
+		log.Info("gateway listening", "addr", g.addr)
+	}
+	return g, nil
+}
+
+func (g *gatewayServer) close() {
+	if g == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := g.srv.Shutdown(ctx); err != nil {
+		g.srv.Close()
+	}
+	<-g.done
+	g.cancel()
+	<-g.ticked
+	g.gw.Close()
+}
+
+// servingParts is what startServing started; close stops it in order.
+type servingParts struct {
+	runner *replicaRunner
+	sv     *serving
+	gw     *gatewayServer
+}
+
+func (p *servingParts) close() {
+	if p == nil {
+		return
+	}
+	p.gw.close()
+	p.sv.close()
+	p.runner.close()
+}
+
+func (p *servingParts) address() string {
+	if p == nil || p.gw == nil {
+		return ""
+	}
+	return p.gw.addr
+}
+
+// startServing starts the replica runner on dep's ledger, the serving
+// reports and, with Config.Gateway set, the gateway. A daemon without
+// deployments (a test mesh without streams) serves nothing.
+func (d *Daemon) startServing(home string, log *slog.Logger, m meshNode, dep *deployService, wc *weights, act *activity) (*servingParts, error) {
+	if dep == nil {
+		return nil, nil
+	}
+	be, err := runtime.NewProcess(runtime.ProcessConfig{Dir: filepath.Join(home, ReplicasDir), Owner: m.ID().String()})
+	if err != nil {
+		return nil, err
+	}
+	p := &servingParts{}
+	p.runner = &replicaRunner{
+		self: m.ID().String(), backend: be, led: dep.led, record: dep.record, weights: wc,
+		version: d.cfg.Version, log: log, runs: map[string]*replicaRun{},
+		sup: runtime.SupervisorConfig{MaxRestarts: 3},
+	}
+	p.sv = newServing(&serving{self: m.ID(), members: m, streams: dep.cfg.Streams, dep: dep, act: act, log: log, runner: p.runner})
+	p.runner.onChange = p.sv.kick
+	newReplicaRunner(p.runner)
+	dep.runs, dep.logs = p.sv.runs, p.runner.logs
+	if p.gw, err = startGateway(d.cfg.Gateway, p.sv, m, log); err != nil {
+		p.close()
+		return nil, fmt.Errorf("node: gateway on %s: %w; pass --gateway with another address, or off", d.cfg.Gateway, err)
+	}
+	return p, nil
+}
