@@ -28,7 +28,8 @@ var skipDirs = map[string]bool{".git": true, ".cache": true}
 // content imported under the link's path (the Hugging Face cache keeps
 // snapshots as links into blobs/); a symlink to a directory, or any
 // special file, is refused with ErrUnsafePath. ".git" and ".cache"
-// directories are skipped; a ".shoal" entry at the top is refused.
+// directories are skipped, and so is a ".shoal" directory at the top (the
+// manifest a materialised model carries); a ".shoal" file there is refused.
 func (s *Store) Add(ctx context.Context, src, name string) (string, error) {
 	if name != "" {
 		if err := checkName(name); err != nil {
@@ -129,7 +130,11 @@ func listImport(src string) ([]importSrc, error) {
 				return filepath.SkipDir
 			}
 			if rel == metaDir {
-				return fmt.Errorf("%w: %s is reserved", ErrUnsafePath, rel)
+				// A model directory handed out by a store (or made by a
+				// tool that writes its manifest there) carries its
+				// manifest here; the files are the model, the manifest
+				// is rebuilt from them.
+				return filepath.SkipDir
 			}
 			return nil
 		}

@@ -185,7 +185,7 @@ func TestAddRefusesUnsafe(t *testing.T) {
 		},
 		"dangling link": func(dir string) { _ = os.Symlink("/nonexistent/x", filepath.Join(dir, "dangling")) },
 		"fifo":          func(dir string) { _ = syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644) },
-		"reserved":      func(dir string) { writeFile(t, filepath.Join(dir, ".shoal", "manifest.json"), []byte("{}")) },
+		"reserved":      func(dir string) { writeFile(t, filepath.Join(dir, ".shoal"), []byte("{}")) },
 	}
 	for name, mk := range cases {
 		dir := t.TempDir()
@@ -194,6 +194,23 @@ func TestAddRefusesUnsafe(t *testing.T) {
 		if _, err := s.Add(context.Background(), dir, ""); !errors.Is(err, ErrUnsafePath) {
 			t.Errorf("%s: Add = %v; want ErrUnsafePath", name, err)
 		}
+	}
+}
+
+// TestAddSkipsManifestDir: importing a copy of a materialised model (it
+// carries .shoal/manifest.json) gives the same model back.
+func TestAddSkipsManifestDir(t *testing.T) {
+	s := newStore(t, 0)
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "config.json"), []byte(`{"a":1}`))
+	want, err := s.Add(context.Background(), dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, ".shoal", "manifest.json"), []byte("{}"))
+	got, err := s.Add(context.Background(), dir, "")
+	if err != nil || got != want {
+		t.Errorf("Add of the dir with .shoal/ = %q, %v; want %q", got, err, want)
 	}
 }
 
