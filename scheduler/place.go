@@ -115,7 +115,7 @@ func (p *Pool) placeOne(w *want) (Replica, []Eviction, *Refusal) {
 		if why != "" {
 			st := stage[why]
 			counts[st]++
-			if st > closestStage {
+			if st > closestStage || st == closestStage && larger(n, p.nodes[closest]) {
 				closest, closestStage = i, st
 			}
 			continue
@@ -190,7 +190,7 @@ func (p *Pool) refuse(w *want, counts [16]int, closest int) *Refusal {
 			all = false
 			break
 		}
-		if st := stage[why]; st > neverStage {
+		if st := stage[why]; st > neverStage || st == neverStage && larger(n, p.nodes[neverClosest]) {
 			neverClosest, neverStage, neverWhy = i, st, why
 		}
 	}

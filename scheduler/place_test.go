@@ -115,6 +115,27 @@ func TestClosestNodeIsTheOneThatGotFurthest(t *testing.T) {
 	}
 }
 
+// TestClosestOfEquallyStoppedNodesIsTheLargest: when every node fails at the
+// same filter, the refusal names the biggest machine, not the first listed.
+func TestClosestOfEquallyStoppedNodesIsTheLargest(t *testing.T) {
+	withVRAM := func(n scheduler.Node, gib uint64) scheduler.Node {
+		for i := range n.GPUs {
+			n.GPUs[i].VRAM, n.GPUs[i].FreeVRAM = gib<<30, gib<<30
+		}
+		return n
+	}
+	nodes := []scheduler.Node{
+		withVRAM(node("laptop", "RTX 4060", 1, 8000, 16), 8),
+		withVRAM(node("server", "A100", 1, 64000, 256), 80),
+		withVRAM(node("desktop", "RTX 4090", 1, 16000, 64), 24),
+	}
+	_, err := scheduler.Place(nodes, scheduler.Request{ID: "big", GPUs: 1, MinVRAM: 100 << 30}, scheduler.Config{})
+	var ref *scheduler.Refusal
+	if !errors.As(err, &ref) || !ref.Never || ref.Reason != scheduler.ReasonMinVRAM || ref.Closest != "server" {
+		t.Fatalf("Place(100 GiB) = %v; want never, %q, closest server", err, scheduler.ReasonMinVRAM)
+	}
+}
+
 func TestPolicies(t *testing.T) {
 	// "loose" has more left over than "tight"; first-fit takes "loose", the
 	// first in order.

@@ -48,6 +48,7 @@ type nodeState struct {
 	anyLink bool
 	cpuCap  int64
 	memCap  uint64
+	maxVRAM uint64 // the largest card's memory: ranks refusals' closest node
 	cached  map[string]bool
 	price   float64
 	allocs  []Allocation
@@ -208,6 +209,7 @@ func (p *Pool) newNodeState(n Node) (*nodeState, error) {
 		if g.VRAM > 0 && g.FreeVRAM > g.VRAM {
 			return nil, bad("GPU %d: free VRAM %d above total %d", i, g.FreeVRAM, g.VRAM)
 		}
+		s.maxVRAM = max(s.maxVRAM, g.VRAM)
 		g.NVLink = append([]int(nil), g.NVLink...)
 		for _, j := range g.NVLink {
 			if j < 0 || j >= len(n.GPUs) || j == i {
@@ -431,3 +433,16 @@ func release(n *nodeState, r *resources, a Allocation) {
 func popcount(m uint64) int { return bits.OnesCount64(m) }
 
 func sortStrings(s []string) { sort.Strings(s) }
+
+// larger reports whether a is the bigger machine of two that a request
+// stopped at the same filter: the one to name as closest. Largest card
+// first, then more cards, then more CPU; the first in view order otherwise.
+func larger(a, b *nodeState) bool {
+	if a.maxVRAM != b.maxVRAM {
+		return a.maxVRAM > b.maxVRAM
+	}
+	if len(a.gpus) != len(b.gpus) {
+		return len(a.gpus) > len(b.gpus)
+	}
+	return a.cpuCap > b.cpuCap
+}
