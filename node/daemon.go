@@ -246,7 +246,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	defer dep.Close()
-	parts, err := d.startServing(home, log, m, dep, wc, act)
+	parts, err := d.startServing(home, log, m, dep, wc, act, reg)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoalmesh/shoal/mesh"
 	"github.com/shoalmesh/shoal/runtime"
@@ -391,7 +392,7 @@ type gatewayServer struct {
 // startGateway starts the gateway: it always serves the requests other
 // nodes' gateways forward to this node's replicas (over the mesh), and
 // listens for clients on addr unless addr is empty.
-func startGateway(addr string, sv *serving, m any, log *slog.Logger) (*gatewayServer, error) {
+func startGateway(addr string, sv *serving, m any, log *slog.Logger, reg prometheus.Registerer) (*gatewayServer, error) {
 	var ln net.Listener
 	if addr != "" {
 		var err error
@@ -401,6 +402,7 @@ func startGateway(addr string, sv *serving, m any, log *slog.Logger) (*gatewaySe
 	}
 	cfg := gateway.Config{
 		Self: sv.self, Directory: sv, Scaler: sv, Reporter: sv,
+		Registerer:   reg,
 		Logger:       log.With("component", "gateway"),
 		QueueTimeout: 2 * time.Minute,
 		ScaleUpRetry: 2 * time.Second,
@@ -485,7 +487,7 @@ func (p *servingParts) address() string {
 // startServing starts the replica runner on dep's ledger, the serving
 // reports and, with Config.Gateway set, the gateway. A daemon without
 // deployments (a test mesh without streams) serves nothing.
-func (d *Daemon) startServing(home string, log *slog.Logger, m meshNode, dep *deployService, wc *weights, act *activity) (*servingParts, error) {
+func (d *Daemon) startServing(home string, log *slog.Logger, m meshNode, dep *deployService, wc *weights, act *activity, reg prometheus.Registerer) (*servingParts, error) {
 	if dep == nil {
 		return nil, nil
 	}
@@ -503,7 +505,7 @@ func (d *Daemon) startServing(home string, log *slog.Logger, m meshNode, dep *de
 	p.runner.onChange = p.sv.kick
 	newReplicaRunner(p.runner)
 	dep.runs, dep.logs = p.sv.runs, p.runner.logs
-	if p.gw, err = startGateway(d.cfg.Gateway, p.sv, m, log); err != nil {
+	if p.gw, err = startGateway(d.cfg.Gateway, p.sv, m, log, reg); err != nil {
 		p.close()
 		return nil, fmt.Errorf("node: gateway on %s: %w; pass --gateway with another address, or off", d.cfg.Gateway, err)
 	}

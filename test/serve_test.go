@@ -289,6 +289,13 @@ func TestServeScaleToZero(t *testing.T) {
 	if resp.StatusCode != http.StatusNotFound || !bytes.Contains(b, []byte(`"error"`)) {
 		t.Errorf("unknown model = %d %s; want 404 with an error object", resp.StatusCode, b)
 	}
+	// C's gateway counted what it did on the daemon's /metrics.
+	metrics := controlGet(t, c.Home, "/metrics")
+	for _, want := range []string{`shoal_gateway_requests_total{`, `code="404"`, `shoal_gateway_cold_starts_total{deployment="ref"}`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("C's /metrics lacks %s", want)
+		}
+	}
 
 	// rm stops the replica and frees the GPU.
 	rmAt := time.Now()
@@ -312,4 +319,23 @@ func replicaProcesses(t *testing.T, home string) bool {
 		t.Fatal(err)
 	}
 	return len(m) > 0
+}
+
+// controlGet fetches path from the daemon of home over its control socket.
+func controlGet(tb testing.TB, home, path string) string {
+	tb.Helper()
+	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(home, "control.sock"))
+	}}}
+	resp, err := c.Get("http://shoal" + path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return string(b)
 }
