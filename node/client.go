@@ -123,28 +123,20 @@ func WaitStopped(ctx context.Context, home string) error {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://shoal"+path, http.NoBody)
+	return c.send(ctx, method, path, nil, out)
+}
+
+// send is a control call with an optional JSON body in, decoding the JSON
+// answer into out (when not nil).
+func (c *Client) send(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.open(ctx, method, path, in)
 	if err != nil {
-		return fmt.Errorf("node: control request: %w", err)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return noDaemon(c.home)
-		}
-		return fmt.Errorf("node: talk to daemon at %s: %w", filepath.Join(c.home, SocketFile), err)
+		return err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("node: read daemon answer: %w", err)
-	}
-	if resp.StatusCode >= 300 {
-		var e errorResponse
-		if json.Unmarshal(body, &e) != nil || e.Error == "" {
-			e.Error = string(bytes.TrimSpace(body))
-		}
-		return &APIError{StatusCode: resp.StatusCode, Message: e.Error}
 	}
 	if out == nil {
 		return nil
@@ -153,6 +145,47 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 		return fmt.Errorf("node: decode daemon answer to %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// open sends a control request (with in as its JSON body when not nil) and
+// returns a 2xx response for the caller to read and close. An unreachable
+// daemon is ErrNoDaemon; an error status becomes an *APIError.
+func (c *Client) open(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	body := io.Reader(http.NoBody)
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("node: encode control request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://shoal"+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("node: control request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, noDaemon(c.home)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("node: talk to daemon at %s: %w", filepath.Join(c.home, SocketFile), err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		var e errorResponse
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = string(bytes.TrimSpace(b))
+		}
+		return nil, &APIError{StatusCode: resp.StatusCode, Message: e.Error}
+	}
+	return resp, nil
 }
 
 func noDaemon(home string) error {

@@ -312,22 +312,9 @@ func (s *deployService) push(p peer.ID, recs []coordinator.Record) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-		defer cancel()
-		st, err := s.cfg.Streams.OpenStream(ctx, p, DeployProtocol)
-		if err != nil {
+		if err := pushFrame(s.ctx, s.cfg.Streams, p, DeployProtocol, deployMessage{Records: recs}, 5*time.Second); err != nil {
 			s.log.Debug("deployment records not pushed", "peer", p, "err", err)
-			return
 		}
-		defer st.Close()
-		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
-		if err := writeFrame(st, deployMessage{Records: recs}); err != nil {
-			st.Reset()
-			return
-		}
-		_ = st.CloseWrite()
-		var ack [1]byte
-		_, _ = st.Read(ack[:])
 	}()
 }
 

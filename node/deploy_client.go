@@ -1,16 +1,10 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"path/filepath"
-	"syscall"
 )
 
 // Deploy is POST /v1/deployments: submit (or replace) a deployment.
@@ -47,26 +41,11 @@ func (c *Client) Scale(ctx context.Context, name string, replicas int) (Deployme
 // node's replicas of the deployment to w. An unknown name is an *APIError
 // with StatusCode 404.
 func (c *Client) Logs(ctx context.Context, name string, w io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://shoal/v1/deployments/"+url.PathEscape(name)+"/logs", http.NoBody)
+	resp, err := c.open(ctx, http.MethodGet, "/v1/deployments/"+url.PathEscape(name)+"/logs", nil)
 	if err != nil {
-		return fmt.Errorf("node: control request: %w", err)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return noDaemon(c.home)
-		}
-		return fmt.Errorf("node: talk to daemon at %s: %w", filepath.Join(c.home, SocketFile), err)
+		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var e errorResponse
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = string(bytes.TrimSpace(b))
-		}
-		return &APIError{StatusCode: resp.StatusCode, Message: e.Error}
-	}
 	_, err = io.Copy(w, resp.Body)
 	return err
 }
@@ -76,49 +55,4 @@ func (c *Client) Ledger(ctx context.Context) (LedgerView, error) {
 	var l LedgerView
 	err := c.send(ctx, http.MethodGet, "/v1/ledger", nil, &l)
 	return l, err
-}
-
-// send is do with an optional JSON body.
-func (c *Client) send(ctx context.Context, method, path string, in, out any) error {
-	body := io.Reader(http.NoBody)
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("node: encode request: %w", err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://shoal"+path, body)
-	if err != nil {
-		return fmt.Errorf("node: control request: %w", err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return noDaemon(c.home)
-		}
-		return fmt.Errorf("node: talk to daemon at %s: %w", filepath.Join(c.home, SocketFile), err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("node: read daemon answer: %w", err)
-	}
-	if resp.StatusCode >= 300 {
-		var e errorResponse
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = string(bytes.TrimSpace(b))
-		}
-		return &APIError{StatusCode: resp.StatusCode, Message: e.Error}
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("node: decode daemon answer to %s %s: %w", method, path, err)
-	}
-	return nil
 }

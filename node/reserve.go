@@ -58,6 +58,28 @@ func writeFrame(w io.Writer, v any) error {
 	return err
 }
 
+// pushFrame sends v as one frame to member p on pid and waits (within
+// timeout in all) for the one-byte acknowledgement the deployment and
+// serving protocols answer with.
+func pushFrame(ctx context.Context, s streams, p peer.ID, pid protocol.ID, v any, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	st, err := s.OpenStream(ctx, p, pid)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(timeout))
+	if err := writeFrame(st, v); err != nil {
+		st.Reset()
+		return err
+	}
+	_ = st.CloseWrite()
+	var ack [1]byte
+	_, _ = st.Read(ack[:])
+	return nil
+}
+
 // readFrame reads one frame of at most limit bytes.
 func readFrame(r *bufio.Reader, limit int) ([]byte, error) {
 	n, err := binary.ReadUvarint(r)

@@ -214,22 +214,9 @@ func (sv *serving) push(p peer.ID, rep serveReport) {
 	sv.wg.Add(1)
 	go func() {
 		defer sv.wg.Done()
-		ctx, cancel := context.WithTimeout(sv.ctx, 5*time.Second)
-		defer cancel()
-		st, err := sv.streams.OpenStream(ctx, p, ServeProtocol)
-		if err != nil {
+		if err := pushFrame(sv.ctx, sv.streams, p, ServeProtocol, rep, 5*time.Second); err != nil {
 			sv.log.Debug("serving report not pushed", "peer", p, "err", err)
-			return
 		}
-		defer st.Close()
-		_ = st.SetDeadline(time.Now().Add(5 * time.Second))
-		if err := writeFrame(st, rep); err != nil {
-			st.Reset()
-			return
-		}
-		_ = st.CloseWrite()
-		var ack [1]byte
-		_, _ = st.Read(ack[:])
 	}()
 }
 

@@ -1,16 +1,9 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"path/filepath"
-	"syscall"
 )
 
 // WeightsList is GET /v1/weights: local models first, then the pool's.
@@ -64,23 +57,12 @@ func (c *Client) WeightsUnpin(ctx context.Context, ref string) (WeightsModel, er
 
 func (c *Client) refOp(ctx context.Context, path, ref string) (WeightsModel, error) {
 	var out WeightsModel
-	resp, err := c.post(ctx, path, WeightsRefRequest{Ref: ref})
-	if err != nil {
-		return out, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return out, fmt.Errorf("node: read daemon answer: %w", err)
-	}
-	if err := json.Unmarshal(body, &out); err != nil {
-		return out, fmt.Errorf("node: decode daemon answer to POST %s: %w", path, err)
-	}
-	return out, nil
+	err := c.send(ctx, http.MethodPost, path, WeightsRefRequest{Ref: ref}, &out)
+	return out, err
 }
 
 func (c *Client) stream(ctx context.Context, path string, in any, progress func(WeightsProgress)) (*WeightsResult, error) {
-	resp, err := c.post(ctx, path, in)
+	resp, err := c.open(ctx, http.MethodPost, path, in)
 	if err != nil {
 		return nil, err
 	}
@@ -90,38 +72,4 @@ func (c *Client) stream(ctx context.Context, path string, in any, progress func(
 		return nil, ctx.Err()
 	}
 	return res, err
-}
-
-// post sends in as JSON and returns a 2xx response; an error status
-// becomes an *APIError.
-func (c *Client) post(ctx context.Context, path string, in any) (*http.Response, error) {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return nil, fmt.Errorf("node: encode control request: %w", err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://shoal"+path, bytes.NewReader(b))
-	if err != nil {
-		return nil, fmt.Errorf("node: control request: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, noDaemon(c.home)
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("node: talk to daemon at %s: %w", filepath.Join(c.home, SocketFile), err)
-	}
-	if resp.StatusCode >= 300 {
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		var e errorResponse
-		if json.Unmarshal(body, &e) != nil || e.Error == "" {
-			e.Error = string(bytes.TrimSpace(body))
-		}
-		return nil, &APIError{StatusCode: resp.StatusCode, Message: e.Error}
-	}
-	return resp, nil
 }
