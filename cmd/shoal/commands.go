@@ -67,18 +67,13 @@ SOURCE (nvml: measured; declared: stated by the operator).
 			if err != nil {
 				return err
 			}
-			if a.json() {
-				raw, err := c.Get(cmd.Context(), "/v1/nodes")
+			return a.jsonOrTable(cmd.Context(), c, "/v1/nodes", func() error {
+				ms, err := c.Nodes(cmd.Context())
 				if err != nil {
 					return err
 				}
-				return a.printRaw(raw)
-			}
-			ms, err := c.Nodes(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return writeNodesTable(a.stdout, ms)
+				return writeNodesTable(a.stdout, ms)
+			})
 		},
 	}
 }
@@ -95,18 +90,13 @@ func (a *app) statusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.json() {
-				raw, err := c.Get(cmd.Context(), "/v1/status")
+			return a.jsonOrTable(cmd.Context(), c, "/v1/status", func() error {
+				st, err := c.Status(cmd.Context())
 				if err != nil {
 					return err
 				}
-				return a.printRaw(raw)
-			}
-			st, err := c.Status(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return writeStatus(a.stdout, st, time.Now())
+				return writeStatus(a.stdout, st, time.Now())
+			})
 		},
 	}
 }

@@ -144,18 +144,13 @@ brackets), COORDINATOR.
 			if err != nil {
 				return err
 			}
-			if a.json() {
-				raw, err := c.Get(cmd.Context(), "/v1/deployments")
+			return a.jsonOrTable(cmd.Context(), c, "/v1/deployments", func() error {
+				ds, err := c.Deployments(cmd.Context())
 				if err != nil {
 					return err
 				}
-				return a.printRaw(raw)
-			}
-			ds, err := c.Deployments(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return writePS(a.stdout, ds)
+				return writePS(a.stdout, ds)
+			})
 		},
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 
@@ -111,6 +112,20 @@ func (a *app) printRaw(raw json.RawMessage) error {
 	}
 	_, err := a.stdout.Write(b)
 	return err
+}
+
+// jsonOrTable is the shape of the read-only listing commands: with -o json
+// it prints the control API's answer to GET path as it is (so scripts see
+// every field); otherwise it calls table, which fetches and formats.
+func (a *app) jsonOrTable(ctx context.Context, c *node.Client, path string, table func() error) error {
+	if !a.json() {
+		return table()
+	}
+	raw, err := c.Get(ctx, path)
+	if err != nil {
+		return err
+	}
+	return a.printRaw(raw)
 }
 
 // noArgs rejects positional arguments with a usage error.

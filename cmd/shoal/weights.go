@@ -184,23 +184,18 @@ pins, peers, last_used.`,
 			if err != nil {
 				return err
 			}
-			if a.json() {
-				raw, err := c.Get(cmd.Context(), "/v1/weights")
+			return a.jsonOrTable(cmd.Context(), c, "/v1/weights", func() error {
+				ms, err := c.WeightsList(cmd.Context())
 				if err != nil {
 					return err
 				}
-				return a.printRaw(raw)
-			}
-			ms, err := c.WeightsList(cmd.Context())
-			if err != nil {
-				return err
-			}
-			tw := newTable(a.stdout)
-			fmt.Fprintln(tw, "NAME\tID\tSTATE\tSIZE\tPINS\tPEERS")
-			for _, m := range ms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", dash(m.Name), m.ID, m.State, bytesHuman(m.SizeBytes), m.Pins, m.Peers)
-			}
-			return tw.Flush()
+				tw := newTable(a.stdout)
+				fmt.Fprintln(tw, "NAME\tID\tSTATE\tSIZE\tPINS\tPEERS")
+				for _, m := range ms {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", dash(m.Name), m.ID, m.State, bytesHuman(m.SizeBytes), m.Pins, m.Peers)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 }
