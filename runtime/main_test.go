@@ -3,7 +3,6 @@ package runtime_test
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/shoalmesh/shoal/runtime/runtimetest"
@@ -16,25 +15,14 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "shoal-runtime-test-")
+	f, err := runtimetest.NewFixture("shoal-runtime-test-", "tiny-reference", 1<<20)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	code := func() int {
-		defer os.RemoveAll(dir)
-		if referenceBin, err = runtimetest.BuildReference(dir); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		modelDir = filepath.Join(dir, "model")
-		if err := runtimetest.GenerateModel(referenceBin, modelDir, "tiny-reference", 1<<20); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		os.Chmod(modelDir, 0o555) // as the weight cache hands it out
-		defer os.Chmod(modelDir, 0o755)
-		return m.Run()
-	}()
+	referenceBin, modelDir = f.Bin, f.Model
+	os.Chmod(modelDir, 0o555) // as the weight cache hands it out
+	code := m.Run()
+	f.Close()
 	os.Exit(code)
 }

@@ -132,12 +132,10 @@ func TestSwarmOneSeederFourFetchers(t *testing.T) {
 	}
 }
 
-// evil serves a model it claims to hold whole but answers chunk requests
-// with flipped bytes (or, with stall, never answers them).
-func evil(t *testing.T, n *mesh.Node, src *Store, id string, stall bool) {
-	m, _ := src.Manifest(id)
-	l := newLayout(m)
-	mb, _ := src.ManifestBytes(id)
+// serveScripted serves the weights protocol on n for a test: the manifest
+// mb to a manifest request, and chunk sessions by chunks (the stream is
+// reset when chunks returns).
+func serveScripted(n *mesh.Node, mb []byte, chunks func(s network.Stream, r *bufio.Reader)) {
 	n.Handle(Protocol, func(s network.Stream) {
 		r := bufio.NewReader(s)
 		h, err := readHello(r)
@@ -151,6 +149,17 @@ func evil(t *testing.T, n *mesh.Node, src *Store, id string, stall bool) {
 			return
 		}
 		defer s.Reset()
+		chunks(s, r)
+	})
+}
+
+// evil serves a model it claims to hold whole but answers chunk requests
+// with flipped bytes (or, with stall, never answers them).
+func evil(t *testing.T, n *mesh.Node, src *Store, id string, stall bool) {
+	m, _ := src.Manifest(id)
+	l := newLayout(m)
+	mb, _ := src.ManifestBytes(id)
+	serveScripted(n, mb, func(s network.Stream, r *bufio.Reader) {
 		bf := bytes.Repeat([]byte{0xff}, (len(l.chunks)+7)/8)
 		_ = writeFrame(s, frHaveMap, uint32(len(l.chunks)), bf)
 		var rq [requestLen]byte
@@ -344,19 +353,7 @@ func TestSwarmDiskFullThenResume(t *testing.T) {
 // after the test puts a token in gate.
 func gatedSeeder(t *testing.T, n *mesh.Node, src *Store, id string, gate chan struct{}) {
 	mb, _ := src.ManifestBytes(id)
-	n.Handle(Protocol, func(s network.Stream) {
-		r := bufio.NewReader(s)
-		h, err := readHello(r)
-		if err != nil {
-			_ = s.Reset()
-			return
-		}
-		if h.op == opManifest {
-			_ = writeFrame(s, frManifest, 0, mb)
-			_ = s.Close()
-			return
-		}
-		defer s.Reset()
+	serveScripted(n, mb, func(s network.Stream, r *bufio.Reader) {
 		p, err := src.openReader(id)
 		if err != nil {
 			return

@@ -32,25 +32,15 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "shoal-gateway-test-")
+	f, err := runtimetest.NewFixture("shoal-gateway-test-", "tiny-reference", 64<<10)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	code := func() int {
-		defer os.RemoveAll(dir)
-		if referenceBin, err = runtimetest.BuildReference(dir); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		modelDir = filepath.Join(dir, "model")
-		if err := runtimetest.GenerateModel(referenceBin, modelDir, "tiny-reference", 64<<10); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		replicaDir = filepath.Join(dir, "replicas")
-		return m.Run()
-	}()
+	referenceBin, modelDir = f.Bin, f.Model
+	replicaDir = filepath.Join(f.Dir, "replicas")
+	code := m.Run()
+	f.Close()
 	os.Exit(code)
 }
 

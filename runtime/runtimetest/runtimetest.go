@@ -59,6 +59,40 @@ func GenerateModel(bin, dir, name string, size int64) error {
 	return nil
 }
 
+// Fixture is a reference workload binary and a generated model in a
+// directory of their own, for a package's TestMain.
+type Fixture struct {
+	Dir   string // holds both; Close removes it
+	Bin   string // the static shoal-reference
+	Model string // the model directory, Dir/model
+}
+
+// NewFixture builds the reference workload and generates a model named
+// name with weights of size bytes, in a new temporary directory whose name
+// starts with prefix.
+func NewFixture(prefix, name string, size int64) (*Fixture, error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, err
+	}
+	f := &Fixture{Dir: dir, Model: filepath.Join(dir, "model")}
+	if f.Bin, err = BuildReference(dir); err == nil {
+		err = GenerateModel(f.Bin, f.Model, name, size)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Close removes the fixture's directory (restoring write permission on the
+// model directory first, should a test have made it read-only).
+func (f *Fixture) Close() {
+	_ = os.Chmod(f.Model, 0o755)
+	_ = os.RemoveAll(f.Dir)
+}
+
 // dockerfile of the reference image: the static binary alone.
 const dockerfile = `FROM scratch
 COPY shoal-reference /shoal-reference
