@@ -8,8 +8,15 @@
 #                weight fetch: 1 GiB pull vs raw TCP vs HTTP, and fan-out to N=1..8 nodes in
 #                network namespaces at 50 MB/s (root and iproute2; skipped without them),
 #                placement latency and the trace replay of every policy (TRACE=dir), gateway
-#                overhead, receipt verification
+#                overhead, cold start (process and Docker) and warm overhead, receipt verification
 #   make fuzz    every fuzz target in the tree, each for FUZZTIME (default 20s)
+#   make release static, stripped, reproducible builds of shoal and shoal-reference for
+#                linux/amd64 and linux/arm64 into dist/, with SHA256SUMS (CGO_ENABLED=0: no NVML,
+#                GPUs are declared)
+#   make image   a node image FROM scratch (Dockerfile.local) with static binaries, built by the
+#                local Docker engine without pulling anything; IMAGE=name:tag (default shoal:local)
+#   make chromium  installs Debian's chromium for the dashboard's browser test (root and apt-get
+#                only; elsewhere the test skips and says why); `make test` runs it first
 
 GO       ?= go
 BIN      ?= bin/shoal
@@ -19,10 +26,15 @@ RUNHOME  ?= $(CURDIR)/.shoal-run
 FUZZTIME ?= 20s
 # The Alibaba GPU cluster trace the placement benchmark replays (not in the repo).
 TRACE    ?= $(CURDIR)/../shared/traces/alibaba-gpu-v2023
+# Release builds: where and for which platforms; the image `make image` builds.
+DIST      ?= $(CURDIR)/dist
+PLATFORMS ?= linux/amd64 linux/arm64
+IMAGE     ?= shoal:local
+IMAGEDIR  ?= $(CURDIR)/bin/image
 # go-nvml's C header marks some NVML calls deprecated; we call none of them.
 export CGO_CFLAGS ?= -O2 -Wno-deprecated-declarations
 
-.PHONY: build run test e2e bench lint fuzz clean
+.PHONY: build run test e2e bench lint fuzz clean release image chromium
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/shoal
@@ -37,7 +49,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-test: lint
+test: chromium lint
 	$(GO) test -race -count=1 -timeout 10m ./...
 
 e2e: build
@@ -61,5 +73,42 @@ fuzz:
 		done; \
 	done
 
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the dashboard's browser test (apt-get, about a minute)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+			|| echo "chromium not installed: the browser test will skip"; \
+	else echo "no chromium, and no apt-get as root to install it: the browser test will skip"; fi
+
+# Static builds need no C toolchain and run on any Linux of the architecture;
+# without cgo there is no NVML, so such a node uses declared GPUs (`shoal
+# version` says so). -trimpath and a fixed toolchain make them reproducible.
+release:
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	@set -e; for p in $(PLATFORMS); do os=$${p%/*}; arch=$${p#*/}; \
+		echo "== $$os/$$arch"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" \
+			-o $(DIST)/shoal-$(VERSION)-$$os-$$arch ./cmd/shoal; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "-s -w" \
+			-o $(DIST)/shoal-reference-$(VERSION)-$$os-$$arch ./cmd/shoal-reference; \
+	done
+	cd $(DIST) && sha256sum shoal-* > SHA256SUMS && cat SHA256SUMS
+
+# The root file system of Dockerfile.local: the static binaries, /tmp, the
+# home volume, CA certificates when this machine has them, and a passwd.
+image:
+	rm -rf $(IMAGEDIR)
+	mkdir -p $(IMAGEDIR)/rootfs/usr/local/bin $(IMAGEDIR)/rootfs/tmp $(IMAGEDIR)/rootfs/root \
+		$(IMAGEDIR)/rootfs/var/lib/shoal $(IMAGEDIR)/rootfs/etc/ssl/certs
+	chmod 1777 $(IMAGEDIR)/rootfs/tmp
+	chmod 700 $(IMAGEDIR)/rootfs/var/lib/shoal
+	printf 'root:x:0:0:root:/root:/nonexistent\nnobody:x:65534:65534:nobody:/nonexistent:/nonexistent\n' > $(IMAGEDIR)/rootfs/etc/passwd
+	printf 'root:x:0:\nnogroup:x:65534:\n' > $(IMAGEDIR)/rootfs/etc/group
+	if [ -f /etc/ssl/certs/ca-certificates.crt ]; then cp /etc/ssl/certs/ca-certificates.crt $(IMAGEDIR)/rootfs/etc/ssl/certs/; fi
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(IMAGEDIR)/rootfs/usr/local/bin/shoal ./cmd/shoal
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(IMAGEDIR)/rootfs/usr/local/bin/shoal-reference ./cmd/shoal-reference
+	docker build -f $(CURDIR)/Dockerfile.local -t $(IMAGE) $(IMAGEDIR)
+
 clean:
-	rm -rf bin $(RUNHOME)
+	rm -rf bin $(RUNHOME) $(DIST)

@@ -138,7 +138,7 @@ type Rejection struct {
 func (l *Ledger) Add(raw []byte, now time.Time) (added bool, err error) {
 	d, err := decode(raw)
 	if err == nil {
-		err = l.admit(d, now)
+		err = l.admit(d, raw, now)
 	}
 	if err != nil {
 		l.noteReject(d, err)
@@ -149,13 +149,15 @@ func (l *Ledger) Add(raw []byte, now time.Time) (added bool, err error) {
 
 // admit is every check one receipt can pass or fail on its own, cheapest
 // first (the signature last).
-func (l *Ledger) admit(d *decoded, now time.Time) error {
+func (l *Ledger) admit(d *decoded, raw []byte, now time.Time) error {
 	if d.r.Pool != l.cfg.Pool {
 		return reject(ReasonForeignPool, "pool %q", d.r.Pool)
 	}
-	if _, ok := l.ids[d.id]; ok {
+	if e, ok := l.bySeq[seqKey{d.r.Server, d.r.Seq}]; ok && e.id == d.id && bytes.Equal(e.raw, raw) {
 		return nil // already held: verified when it came in
 	}
+	// A held body under another signature is checked like any receipt:
+	// ed25519 signatures are unique, so it fails.
 	if err := d.r.Check(l.cfg.MaxSpan); err != nil {
 		return err
 	}
@@ -240,6 +242,27 @@ func (l *Ledger) Len() int { return len(l.bySeq) }
 // peer, then sequence): what a node sends a peer whose snapshot differs.
 func (l *Ledger) Receipts() [][]byte {
 	es := l.sorted()
+	out := make([][]byte, len(es))
+	for i, e := range es {
+		out[i] = slices.Clone(e.raw)
+	}
+	return out
+}
+
+// ReceiptsOf returns the signed receipts of server with a sequence number
+// above after, in sequence order, at most limit of them (limit <= 0: all):
+// what a node sends a peer whose head for server differs from its own.
+func (l *Ledger) ReceiptsOf(server peer.ID, after uint64, limit int) [][]byte {
+	var es []*entry
+	for k, e := range l.bySeq {
+		if k.server == server && k.seq > after {
+			es = append(es, e)
+		}
+	}
+	slices.SortFunc(es, func(a, b *entry) int { return cmp.Compare(a.r.Seq, b.r.Seq) })
+	if limit > 0 && len(es) > limit {
+		es = es[:limit]
+	}
 	out := make([][]byte, len(es))
 	for i, e := range es {
 		out[i] = slices.Clone(e.raw)

@@ -38,6 +38,15 @@ func TestLedgerRejects(t *testing.T) {
 			wantAdd: ErrSignature,
 		},
 		{
+			name: "a held receipt under a flipped signature",
+			bad: func() []byte {
+				b := bytes.Clone(goodB)
+				b[len(b)-1] ^= 1
+				return b
+			}(),
+			wantAdd: ErrSignature,
+		},
+		{
 			name: "signed by another node than it names",
 			bad: signRaw(t, with(2, func(r *Receipt) {
 				r.Start, r.End = r.Start.Add(time.Hour), r.End.Add(time.Hour)
@@ -289,5 +298,43 @@ func TestLedgerConfig(t *testing.T) {
 	y, _ := NewLedger(LedgerConfig{Pool: "other"})
 	if err := x.Merge(y, t0); !errors.Is(err, ErrForeignPool) {
 		t.Errorf("Merge(other pool) = %v; want ErrForeignPool", err)
+	}
+}
+
+// ReceiptsOf hands out one server's receipts above a sequence number, in
+// order and bounded: what a peer with an older head needs.
+func TestLedgerReceiptsOf(t *testing.T) {
+	srv, other, con := newIdent(t, 1), newIdent(t, 2), newIdent(t, 3)
+	l := newTestLedger(t)
+	now := t0.Add(time.Hour)
+	var mine [][]byte
+	for seq := uint64(1); seq <= 5; seq++ {
+		b := mustSign(t, receipt(srv, con, seq, t0.Add(time.Duration(seq)*time.Minute)), srv.key)
+		mine = append(mine, b)
+		if _, err := l.Add(b, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Add(mustSign(t, receipt(other, con, 1, t0), other.key), now); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		after     uint64
+		limit     int
+		wantFirst int // index into mine
+		wantN     int
+	}{
+		{0, 0, 0, 5}, {2, 0, 2, 3}, {2, 2, 2, 2}, {5, 0, 0, 0}, {9, 0, 0, 0},
+	} {
+		got := l.ReceiptsOf(srv.id, tc.after, tc.limit)
+		if len(got) != tc.wantN {
+			t.Errorf("ReceiptsOf(after %d, limit %d) = %d receipts; want %d", tc.after, tc.limit, len(got), tc.wantN)
+			continue
+		}
+		for i, b := range got {
+			if !bytes.Equal(b, mine[tc.wantFirst+i]) {
+				t.Errorf("ReceiptsOf(after %d)[%d] is not receipt %d", tc.after, i, tc.wantFirst+i+1)
+			}
+		}
 	}
 }

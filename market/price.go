@@ -135,3 +135,31 @@ func (p PriceList) Validate() error {
 func Fits(ask, max Micro) bool {
 	return max <= 0 || ask <= max
 }
+
+// Set reads one price flag into p: "MODEL=CREDITS" prices GPU model MODEL
+// (as the inventory names it, "RTX 4090=0.5"); a bare "CREDITS" sets the
+// Default for every model not named. Credits are per GPU-hour, parsed by
+// ParseCredits. A model named twice keeps the last price.
+func (p *PriceList) Set(flag string) error {
+	model, credits, named := strings.Cut(flag, "=")
+	if !named {
+		model, credits = "", flag
+	}
+	model = strings.TrimSpace(model)
+	if named && model == "" {
+		return fmt.Errorf("%w: %q names no GPU model; write MODEL=CREDITS or CREDITS", ErrPrice, flag)
+	}
+	m, err := ParseCredits(strings.TrimSpace(credits))
+	if err != nil {
+		return err
+	}
+	if !named {
+		p.Default = m
+		return nil
+	}
+	if p.Models == nil {
+		p.Models = map[string]Micro{}
+	}
+	p.Models[model] = m
+	return nil
+}

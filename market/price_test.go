@@ -104,3 +104,22 @@ func TestPriceListAndFits(t *testing.T) {
 		}
 	}
 }
+
+func TestPriceListSet(t *testing.T) {
+	var p PriceList
+	for _, flag := range []string{"0.25", "RTX 4090=2", "H100 = 4.5", "RTX 4090=3"} {
+		if err := p.Set(flag); err != nil {
+			t.Fatalf("Set(%q) = %v", flag, err)
+		}
+	}
+	want := PriceList{Default: Credit / 4, Models: map[string]Micro{"RTX 4090": 3 * Credit, "H100": 4*Credit + Credit/2}}
+	if p.Default != want.Default || len(p.Models) != 2 || p.Models["RTX 4090"] != want.Models["RTX 4090"] || p.Models["H100"] != want.Models["H100"] {
+		t.Errorf("after Set: %+v; want %+v", p, want)
+	}
+	for _, bad := range []string{"", "=1", "A10=", "A10=-1", "A10=1e3", "A10=1000.5", "x=1.0000001"} {
+		var q PriceList
+		if err := q.Set(bad); !errors.Is(err, ErrPrice) {
+			t.Errorf("Set(%q) = %v; want ErrPrice", bad, err)
+		}
+	}
+}

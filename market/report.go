@@ -29,7 +29,11 @@ type IdentityReport struct {
 	Spent            Micro   `json:"spent_micro"`
 	ServedGPUHours   float64 `json:"served_gpu_hours"`
 	ConsumedGPUHours float64 `json:"consumed_gpu_hours"`
-	Weight           float64 `json:"weight"` // fair-share weight (Weight)
+	// ServedGPUSeconds and ConsumedGPUSeconds are the same GPU time in
+	// GPU-seconds, for short runs.
+	ServedGPUSeconds   float64 `json:"served_gpu_seconds"`
+	ConsumedGPUSeconds float64 `json:"consumed_gpu_seconds"`
+	Weight             float64 `json:"weight"` // fair-share weight (Weight)
 }
 
 // Report tallies the ledger under caps into a Report.
@@ -50,7 +54,8 @@ func (l *Ledger) Report(caps Capacities) Report {
 	for _, a := range t.Accounts {
 		rep.Identities = append(rep.Identities, IdentityReport{
 			Peer: a.Peer, Balance: a.Balance(), Earned: a.Earned, Spent: a.Spent,
-			ServedGPUHours: a.Served.Hours(), ConsumedGPUHours: a.Consumed.Hours(), Weight: Weight(a),
+			ServedGPUHours: a.Served.Hours(), ConsumedGPUHours: a.Consumed.Hours(),
+			ServedGPUSeconds: a.Served.Seconds(), ConsumedGPUSeconds: a.Consumed.Seconds(), Weight: Weight(a),
 		})
 	}
 	return rep

@@ -26,6 +26,9 @@ type Status struct {
 	Members       MemberCount `json:"members"`
 	InventoryMode string      `json:"inventory_mode"`    // "nvml", "declared" or "none"
 	Gateway       string      `json:"gateway,omitempty"` // the gateway's address; empty: none
+	// Runtime says how this node runs replicas (process, docker or auto)
+	// and why, e.g. "process (auto: no Docker engine answers)".
+	Runtime string `json:"runtime,omitempty"`
 }
 
 // MemberCount counts the members this node knows of.

@@ -10,6 +10,7 @@ import (
 	"github.com/multiformats/go-multiaddr"
 
 	"github.com/shoalmesh/shoal/hardware"
+	"github.com/shoalmesh/shoal/market"
 	"github.com/shoalmesh/shoal/mesh"
 )
 
@@ -24,6 +25,11 @@ const (
 	// DefaultCacheBytes is the weight cache's size limit: room for a few
 	// 7–70B models without filling a volunteer's disk.
 	DefaultCacheBytes = 100 << 30
+
+	// Runtimes (Config.Runtime).
+	RuntimeAuto    = "auto"
+	RuntimeProcess = "process"
+	RuntimeDocker  = "docker"
 
 	// minInventoryInterval keeps a typo (5ns) from turning the probe into a
 	// busy loop; NVML queries take milliseconds.
@@ -100,6 +106,22 @@ type Config struct {
 	// Empty: no client-facing gateway on this node (it still runs replicas
 	// and answers what other nodes' gateways forward over the mesh).
 	Gateway string
+
+	// Prices is what this node asks per GPU-hour for each GPU model
+	// (--price MODEL=CREDITS); the usage receipts it signs bill its
+	// replicas at these prices. The zero value asks nothing: a private
+	// pool runs free.
+	Prices market.PriceList
+
+	// Runtime chooses how this node runs replicas: RuntimeAuto (a
+	// container when a Docker engine answers at start and the template
+	// names an image, else a process; a template with both an image and a
+	// command runs as a process when the engine lacks the image),
+	// RuntimeProcess (always a process: templates need a command) or
+	// RuntimeDocker (always a container: the engine must answer at start,
+	// templates need an image, and a missing image is pulled). Empty:
+	// RuntimeAuto.
+	Runtime string
 
 	// Version is the software version published in the record and in
 	// /v1/status. Empty: "dev".
@@ -205,6 +227,16 @@ func (c *Config) validate() error {
 		}
 	}
 
+	if err := c.Prices.Validate(); err != nil {
+		return bad("%v", err)
+	}
+	switch c.Runtime {
+	case "":
+		c.Runtime = RuntimeAuto
+	case RuntimeAuto, RuntimeProcess, RuntimeDocker:
+	default:
+		return bad("runtime %q: want %s, %s or %s", c.Runtime, RuntimeAuto, RuntimeProcess, RuntimeDocker)
+	}
 	if c.Force && c.Join == nil {
 		return bad("force only applies when joining a pool with a token")
 	}

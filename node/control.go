@@ -34,6 +34,7 @@ type controlInfo struct {
 	StartedAt time.Time
 	Resumed   bool
 	Gateway   string
+	Runtime   string
 }
 
 // controlServer serves the control API over a MeshView. Its handlers are
@@ -86,6 +87,7 @@ func (s *controlServer) status(w http.ResponseWriter, r *http.Request) {
 		Members:       countMembers(s.mesh.Members()),
 		InventoryMode: s.mode(),
 		Gateway:       s.info.Gateway,
+		Runtime:       s.info.Runtime,
 	})
 }
 

@@ -251,6 +251,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	defer parts.close()
+	cr, err := d.startCredits(home, log, m, key, dep, parts, inv, reg)
+	if err != nil {
+		return err
+	}
+	defer cr.close()
 
 	sock := filepath.Join(home, SocketFile)
 	ln, err := listenControl(sock)
@@ -261,7 +266,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		mesh: m,
 		info: controlInfo{
 			Name: cfg.Name, Version: cfg.Version, Home: home,
-			StartedAt: startedAt, Resumed: resumed, Gateway: parts.address(),
+			StartedAt: startedAt, Resumed: resumed, Gateway: parts.address(), Runtime: parts.runtime(),
 		},
 		mode:          pr.Mode,
 		ready:         d.ready.Load,
@@ -272,7 +277,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		log:           log,
 	}
 	srv := &http.Server{
-		Handler:           dep.routes(cs.handler()),
+		Handler:           cr.routes(dep.routes(cs.handler())),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
@@ -339,6 +344,7 @@ loop:
 			met.observe(inv)
 			m.SetInventory(inv)
 			dep.setInventory(inv)
+			cr.setInventory(inv)
 		case <-peersTick.C():
 			d.savePeers(log, m, id)
 		}

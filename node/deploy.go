@@ -122,6 +122,9 @@ type deployService struct {
 	// logs writes the output of this node's replicas of a deployment (set
 	// with runs; nil: none).
 	logs func(ctx context.Context, dep string, w io.Writer) int
+	// hook shapes each step (failed replicas, autoscaling; node/scale.go);
+	// set once by startServing, under mu.
+	hook stepHook
 
 	poke   chan struct{}
 	ctx    context.Context
@@ -232,13 +235,20 @@ func (s *deployService) step() {
 	s.mu.Lock()
 	s.store.Forget(now.Add(-tombstoneAge))
 	recs := s.store.List()
+	hook := s.hook
 	s.mu.Unlock()
+	if hook != nil {
+		hook.before(recs, now)
+	}
 	for i, r := range recs {
 		if r.Spec.ScaleToZero && !s.inUse(r, now) {
 			recs[i].Spec.Request.Replicas = 0
 		}
 	}
 	ups := s.coord.Step(s.ctx, now, recs)
+	if hook != nil {
+		hook.after(ups, now)
+	}
 	var changed []coordinator.Record
 	s.mu.Lock()
 	for _, u := range ups {
@@ -418,7 +428,7 @@ func (s *deployService) submit(req DeployRequest) (Deployment, error) {
 		return Deployment{}, fmt.Errorf("%w: %w", ErrBadDeployment, err)
 	}
 	r.ID = name
-	cs := coordinator.Spec{Name: name, Template: spec.Template, Params: spec.Params, Request: r, Updated: s.cfg.Clock.Now()}
+	cs := coordinator.Spec{Name: name, Template: spec.Template, Params: spec.Params, Request: r, Updated: s.cfg.Clock.Now(), Owner: s.self}
 	if req.TemplateYAML != "" {
 		cs.Source = req.TemplateYAML
 	}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"strconv"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,6 +15,7 @@ import (
 type metrics struct {
 	probeErrors prometheus.Counter
 	gpus        atomic.Int64
+	inventory   atomic.Pointer[hardware.Inventory] // the last one observed
 }
 
 func newMetrics(reg prometheus.Registerer, version string) *metrics {
@@ -30,6 +32,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 	reg.MustRegister(
 		m.probeErrors,
 		gauge("shoal_node_gpus", "GPUs in this node's last inventory.", &m.gpus),
+		gpuCollector{m},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "shoal_node_info",
 			Help:        "Always 1; labels describe the daemon.",
@@ -41,4 +44,44 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 
 func (m *metrics) observe(inv hardware.Inventory) {
 	m.gpus.Store(int64(len(inv.GPUs)))
+	m.inventory.Store(&inv)
+}
+
+// GPU telemetry per card of this node's last inventory. Labels: gpu (UUID),
+// index (position in the inventory), name, and source: measured (NVML) or declared (nothing measured:
+// used VRAM and utilisation stay 0).
+var (
+	gpuLabels    = []string{"gpu", "index", "name", "source"}
+	gpuVRAMTotal = prometheus.NewDesc("shoal_node_gpu_vram_total_bytes", "GPU memory of the card.", gpuLabels, nil)
+	gpuVRAMUsed  = prometheus.NewDesc("shoal_node_gpu_vram_used_bytes", "GPU memory in use on the card as the driver reports it.", gpuLabels, nil)
+	gpuUtil      = prometheus.NewDesc("shoal_node_gpu_utilization_ratio", "Share of the last sample period the card was busy (0..1).", gpuLabels, nil)
+)
+
+// gpuCollector exports the last inventory's cards at scrape time.
+type gpuCollector struct{ m *metrics }
+
+func (c gpuCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- gpuVRAMTotal
+	ch <- gpuVRAMUsed
+	ch <- gpuUtil
+}
+
+func (c gpuCollector) Collect(ch chan<- prometheus.Metric) {
+	inv := c.m.inventory.Load()
+	if inv == nil {
+		return
+	}
+	for i, g := range inv.GPUs {
+		// The position in the inventory (the driver's index for measured
+		// cards) keeps every series unique even if two cards came with one
+		// UUID: a duplicate would fail the whole scrape.
+		l := []string{g.UUID, strconv.Itoa(i), g.Name, gpuSource(g.Source)}
+		var used uint64
+		if g.VRAMFreeBytes < g.VRAMTotalBytes {
+			used = g.VRAMTotalBytes - g.VRAMFreeBytes
+		}
+		ch <- prometheus.MustNewConstMetric(gpuVRAMTotal, prometheus.GaugeValue, float64(g.VRAMTotalBytes), l...)
+		ch <- prometheus.MustNewConstMetric(gpuVRAMUsed, prometheus.GaugeValue, float64(used), l...)
+		ch <- prometheus.MustNewConstMetric(gpuUtil, prometheus.GaugeValue, float64(g.UtilizationPct)/100, l...)
+	}
 }

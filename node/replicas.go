@@ -56,6 +56,14 @@ type ReplicaRun struct {
 	GPUs       []string `json:"gpus,omitempty"`
 	// InFlight is the requests the node's gateway has in flight on it.
 	InFlight int `json:"in_flight"`
+	// Backend runs it ("process" or "docker") and Ref is its process or
+	// container ID there; empty until it is ready.
+	Backend string `json:"backend,omitempty"`
+	Ref     string `json:"ref,omitempty"`
+	// Adopted: a restarted daemon found it running and took it over.
+	Adopted bool `json:"adopted,omitempty"`
+	// Start is how its start went, phase by phase; nil until it is ready.
+	Start *StartTimings `json:"start,omitempty"`
 	// Endpoint is the replica's loopback URL; only its own node uses it.
 	Endpoint string `json:"-"`
 }
@@ -68,7 +76,8 @@ type ReplicaRun struct {
 // its reservation, nor the daemon).
 type replicaRunner struct {
 	self     string
-	backend  runtime.Backend
+	backend  runtime.Backend // the process backend
+	rt       runtimes        // the Docker backend and the rule that picks one
 	led      *ledgerServer
 	record   func(dep string) (coordinator.Record, bool)
 	weights  *weights // nil: templates with weights fail
@@ -76,22 +85,52 @@ type replicaRunner struct {
 	sup      runtime.SupervisorConfig
 	log      *slog.Logger
 	onChange func() // a replica changed phase; must not block
+	// onFailed learns of each replica that gave up, before its
+	// reservation is released; must not block.
+	onFailed func(replicaFailure)
+	gang     *gangNet // connects gang members; nil: gangs do not start
 
 	mu   sync.Mutex
 	runs map[string]*replicaRun // by reservation ID
+	// adopt are replicas the last run left running, by reservation ID,
+	// until a run takes each over (or its reservation is found gone).
+	adopt map[string]adoptee
+	// failed are replicas that gave up, by reservation ID: their
+	// reservations are released, and they stay listed (state failed, with
+	// the reason) until their deployment is removed or deployed anew, or
+	// for failedShown.
+	failed map[string]failedRun
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
+// failedShown: how long a failed replica stays in the reports and `shoal
+// ps` after its reservation was released.
+const failedShown = 30 * time.Minute
+
+type failedRun struct {
+	run  ReplicaRun
+	spec time.Time // the deployment spec's Updated it ran
+	at   time.Time
+}
+
 type replicaRun struct {
+	// gang is the member's place in its gang (nil for a service or job);
+	// gangPort its loopback port, links its peers' (node/gang.go).
+	gang     *gangMember
+	gangPort int
+	links    *gangLinks
+
 	res    ledger.Reservation
 	id     string
 	cancel context.CancelFunc
 	done   chan struct{}
 
 	mu       sync.Mutex
+	adopt    *adoptee        // left running by the last run; the run takes it over
+	backend  runtime.Backend // runs it, once chosen
 	sup      *runtime.Supervisor
 	state    string
 	reason   string
@@ -107,15 +146,10 @@ type replicaRun struct {
 func newReplicaRunner(r *replicaRunner) *replicaRunner {
 	r.log = r.log.With("component", "replicas")
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	// Replicas left by a previous run of the daemon are removed: the
-	// runner starts each again on its reservation, with fresh weights pins.
+	// Replicas left running by a previous run of the daemon on a still
+	// committed reservation are adopted; the others are removed.
 	cctx, cancel := context.WithTimeout(r.ctx, 30*time.Second)
-	if old, err := r.backend.List(cctx); err == nil {
-		for _, x := range old {
-			r.log.Info("removing a replica left by the last run", "replica", x.ID, "deployment", x.Deployment)
-			_ = r.backend.Remove(cctx, x.ID)
-		}
-	}
+	r.adopt = r.findLeftovers(cctx)
 	cancel()
 	r.wg.Add(1)
 	go r.loop()
@@ -128,6 +162,11 @@ func (r *replicaRunner) close() {
 	}
 	r.cancel()
 	r.wg.Wait()
+	r.mu.Lock()
+	r.dropAdoptees(nil) // still waiting for their deployment's record: they go with the daemon
+	r.mu.Unlock()
+	r.wg.Wait()
+	r.rt.close()
 }
 
 func (r *replicaRunner) loop() {
@@ -164,16 +203,24 @@ func (r *replicaRunner) loop() {
 // whose reservation is gone.
 func (r *replicaRunner) reconcile() {
 	want := map[string]ledger.Reservation{}
+	committed := map[string]bool{}
 	for _, res := range r.led.view().Reservations {
 		if res.State != ledger.StateCommitted {
 			continue
 		}
+		committed[res.ID] = true
 		if rec, ok := r.record(res.Deployment); ok && !rec.Spec.Deleted {
 			want[res.ID] = res
 		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for id, f := range r.failed {
+		rec, ok := r.record(f.run.Deployment)
+		if !ok || rec.Spec.Deleted || !rec.Spec.Updated.Equal(f.spec) || time.Since(f.at) > failedShown {
+			delete(r.failed, id)
+		}
+	}
 	for id, ru := range r.runs {
 		if _, ok := want[id]; ok {
 			continue
@@ -192,9 +239,20 @@ func (r *replicaRunner) reconcile() {
 		if _, ok := r.runs[id]; ok {
 			continue
 		}
+		if _, ok := r.failed[id]; ok {
+			continue // gave up; its release is on the way
+		}
 		rec, _ := r.record(res.Deployment)
+		gm, start := r.gangMemberOf(rec, res)
+		if !start {
+			continue // a gang starts once every member is committed
+		}
 		ctx, cancel := context.WithCancel(r.ctx)
-		ru := &replicaRun{res: res, id: runtimeID(res), cancel: cancel, done: make(chan struct{}), state: PhaseStarting, seen: time.Now()}
+		ru := &replicaRun{res: res, id: runtimeID(res), cancel: cancel, done: make(chan struct{}), state: PhaseStarting, seen: time.Now(), gang: gm}
+		if a, ok := r.adopt[id]; ok {
+			ru.adopt = &a
+			delete(r.adopt, id)
+		}
 		r.runs[id] = ru
 		r.wg.Add(1)
 		go func() {
@@ -203,16 +261,21 @@ func (r *replicaRunner) reconcile() {
 			r.run(ctx, ru, rec)
 		}()
 	}
+	r.dropAdoptees(committed)
 }
 
 // run prepares and supervises one replica until ctx ends or it fails.
 func (r *replicaRunner) run(ctx context.Context, ru *replicaRun, rec coordinator.Record) {
 	fail := func(err error) {
+		reason := failureReason(err.Error())
 		ru.mu.Lock()
-		ru.state, ru.reason, ru.ended = PhaseFailed, err.Error(), true
+		ru.state, ru.reason, ru.ended = PhaseFailed, reason, true
 		ru.mu.Unlock()
 		r.log.Warn("replica failed", "replica", ru.id, "deployment", rec.ID, "err", err)
+		r.giveUp(ru, rec, reason)
 	}
+	defer r.dropUnadopted(ru)
+	defer func() { ru.links.close() }()
 	placedAt := time.Now()
 	spec, model, err := r.spec(rec, ru)
 	if err != nil {
@@ -251,9 +314,14 @@ func (r *replicaRunner) run(ctx context.Context, ru *replicaRun, rec coordinator
 		spec.ModelDir = dir
 		fetched = time.Since(placedAt)
 	}
-	sup := runtime.NewSupervisor(r.backend, spec, r.sup)
+	be, err := r.rt.pick(ctx, r.backend, &spec, ru.res.ID)
+	if err != nil {
+		fail(err)
+		return
+	}
+	sup := r.supervisor(ru, be, spec)
 	ru.mu.Lock()
-	ru.sup, ru.reason, ru.fetched = sup, "", fetched
+	ru.sup, ru.backend, ru.reason, ru.fetched = sup, be, "", fetched
 	ru.mu.Unlock()
 	r.log.Info("starting replica", "replica", ru.id, "deployment", rec.ID, "reservation", ru.res.ID, "fetch", fetched)
 	if err := sup.Run(ctx); err != nil {
@@ -264,6 +332,32 @@ func (r *replicaRunner) run(ctx context.Context, ru *replicaRun, rec coordinator
 	ru.ended = true
 	ru.mu.Unlock()
 	r.log.Info("replica stopped", "replica", ru.id, "deployment", rec.ID)
+}
+
+// giveUp keeps a failed replica listed, tells the pool (through onFailed
+// and the next serving report), then releases its reservation in this
+// node's ledger, the source of truth for its capacity: the GPU is free at
+// once, and the coordinator, which learns of the release at its next
+// renewal or resync, places the replica again (elsewhere, see scaling).
+func (r *replicaRunner) giveUp(ru *replicaRun, rec coordinator.Record, reason string) {
+	x := ReplicaRun{Reservation: ru.res.ID, ID: ru.id, Deployment: ru.res.Deployment, Node: r.self, State: PhaseFailed, Reason: reason}
+	for _, g := range ru.res.Claim.GPUs {
+		x.GPUs = append(x.GPUs, g.UUID)
+	}
+	r.mu.Lock()
+	if r.failed == nil {
+		r.failed = map[string]failedRun{}
+	}
+	r.failed[ru.res.ID] = failedRun{run: x, spec: rec.Spec.Updated, at: time.Now()}
+	r.mu.Unlock()
+	if r.onFailed != nil {
+		r.onFailed(replicaFailure{Deployment: x.Deployment, Node: r.self, Reservation: x.Reservation, Reason: reason, At: time.Now()})
+	}
+	if r.onChange != nil {
+		r.onChange()
+	}
+	r.led.serve(coordinator.Call{Op: coordinator.OpRelease, IDs: []string{ru.res.ID}})
+	r.log.Info("released the reservation of a failed replica", "replica", ru.id, "deployment", rec.ID, "reservation", ru.res.ID)
 }
 
 // spec renders the deployment's template into what the backend runs on
@@ -286,7 +380,7 @@ func (r *replicaRunner) spec(rec coordinator.Record, ru *replicaRun) (runtime.Sp
 	if err != nil {
 		return runtime.Spec{}, "", fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
 	}
-	s, err := ts.ReplicaSpec("", ru.id, rec.ID)
+	s, err := r.memberSpec(ts, ru, rec.ID)
 	if err != nil {
 		return runtime.Spec{}, "", fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
 	}
@@ -339,14 +433,20 @@ func (r *replicaRunner) list() []ReplicaRun {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]ReplicaRun, 0, len(r.runs))
-	for _, ru := range r.runs {
+	out := make([]ReplicaRun, 0, len(r.runs)+len(r.failed))
+	for _, f := range r.failed {
+		out = append(out, f.run)
+	}
+	for id, ru := range r.runs {
+		if _, ok := r.failed[id]; ok {
+			continue
+		}
 		x := ReplicaRun{Reservation: ru.res.ID, ID: ru.id, Deployment: ru.res.Deployment, Node: r.self}
 		for _, g := range ru.res.Claim.GPUs {
 			x.GPUs = append(x.GPUs, g.UUID)
 		}
 		ru.mu.Lock()
-		x.State, x.Reason = ru.state, ru.reason
+		x.State, x.Reason, x.Backend = ru.state, ru.reason, backendName(ru.backend)
 		if ru.stopping {
 			x.State, x.Reason = PhaseStopping, ""
 		} else if ru.sup != nil && !ru.ended {
@@ -354,16 +454,17 @@ func (r *replicaRunner) list() []ReplicaRun {
 			switch st.Phase {
 			case runtime.PhaseReady:
 				x.State, x.Endpoint = PhaseReady, st.Replica.Endpoint
+				x.Ref, x.Adopted, x.Start = st.Replica.Ref, st.Adopted, ru.timings(st)
 				if !ru.readyLogged {
 					ru.readyLogged = true
-					total := time.Since(ru.seen)
-					r.log.Info("replica ready", "replica", ru.id, "deployment", ru.res.Deployment,
-						"endpoint", x.Endpoint, "weights", ru.fetched, "start", total-ru.fetched, "committed_to_ready", total)
+					r.log.Info("replica ready", "replica", ru.id, "deployment", ru.res.Deployment, "backend", x.Backend,
+						"ref", shortRef(x.Ref), "adopted", x.Adopted, "endpoint", x.Endpoint, "weights", ru.fetched,
+						"start", st.ReadyAt.Sub(st.StartedAt), "committed_to_ready", st.ReadyAt.Sub(ru.seen))
 				}
 			case runtime.PhaseBackoff:
-				x.State, x.Reason = PhaseBackoff, firstLine(st.LastErr)
+				x.State, x.Reason = PhaseBackoff, failureReason(st.LastErr)
 			case runtime.PhaseFailed:
-				x.State, x.Reason = PhaseFailed, firstLine(st.LastErr)
+				x.State, x.Reason = PhaseFailed, failureReason(st.LastErr)
 			default:
 				x.State = PhaseStarting
 			}
@@ -387,7 +488,11 @@ func (r *replicaRunner) logs(ctx context.Context, dep string, w io.Writer) int {
 		}
 		n++
 		fmt.Fprintf(w, "== replica %s (%s) ==\n", x.ID, x.State)
-		rc, err := r.backend.Logs(ctx, x.ID)
+		be := r.rt.byName(r.backend, x.Backend)
+		if be == nil {
+			be = r.backend
+		}
+		rc, err := be.Logs(ctx, x.ID)
 		if err != nil {
 			fmt.Fprintf(w, "(no output: %v)\n", err)
 			continue

@@ -111,10 +111,13 @@ func decodeCall(b []byte) (coordinator.Call, error) {
 	if c.LeaseMillis < 0 || time.Duration(c.LeaseMillis)*time.Millisecond > maxLease {
 		return c, fmt.Errorf("%w: lease %d ms outside 0..%v", ErrBadCall, c.LeaseMillis, maxLease)
 	}
-	if len(c.IDs) > maxCallIDs || len(c.Deployment) > maxIDLen {
-		return c, fmt.Errorf("%w: %d IDs, at most %d", ErrBadCall, len(c.IDs), maxCallIDs)
+	if len(c.IDs) > maxCallIDs || len(c.Evict) > maxCallIDs || len(c.Deployment) > maxIDLen {
+		return c, fmt.Errorf("%w: %d IDs, %d to evict, at most %d", ErrBadCall, len(c.IDs), len(c.Evict), maxCallIDs)
 	}
-	for _, id := range c.IDs {
+	if len(c.Evict) > 0 && c.Op != coordinator.OpReserve {
+		return c, fmt.Errorf("%w: evictions on %s", ErrBadCall, c.Op)
+	}
+	for _, id := range append(c.IDs, c.Evict...) {
 		if id == "" || len(id) > maxIDLen {
 			return c, fmt.Errorf("%w: reservation ID of %d bytes", ErrBadCall, len(id))
 		}
@@ -237,10 +240,25 @@ func (s *ledgerServer) serve(c coordinator.Call) coordinator.Answer {
 	switch c.Op {
 	case coordinator.OpReserve:
 		r := c.Reservation
-		err := s.led.Reserve(now, ledger.Reservation{
+		lr := ledger.Reservation{
 			ID: r.ID, Deployment: r.Deployment, Holder: r.Holder,
-			Priority: ledger.Priority(r.Priority), Claim: claimOf(r.Slot),
-		}, lease)
+			Priority: ledger.Priority(r.Priority), Preemptible: r.Class == scheduler.Batch.String(),
+			Claim: claimOf(r.Slot),
+		}
+		var err error
+		if len(c.Evict) > 0 {
+			// The replicas of evicted reservations stop when the runner
+			// next reconciles against the ledger; their coordinators find
+			// them gone at their next renewal.
+			var gone []ledger.Reservation
+			gone, err = s.led.ReserveEvicting(now, lr, lease, c.Evict)
+			for _, g := range gone {
+				a.Evicted = append(a.Evicted, g.ID)
+				s.log.Info("reservation evicted", "id", g.ID, "deployment", g.Deployment, "by", r.ID)
+			}
+		} else {
+			err = s.led.Reserve(now, lr, lease)
+		}
 		var ie *ledger.InsufficientError
 		switch {
 		case errors.As(err, &ie):
@@ -393,9 +411,13 @@ func wireReservation(r ledger.Reservation) coordinator.Reservation {
 	for _, g := range r.Claim.GPUs {
 		slot.GPUs = append(slot.GPUs, scheduler.GPUShare{UUID: g.UUID, Milli: int(g.Milli), VRAM: uint64(max(0, g.VRAMBytes))})
 	}
+	class := scheduler.Inference
+	if r.Preemptible {
+		class = scheduler.Batch
+	}
 	return coordinator.Reservation{
-		ID: r.ID, Deployment: r.Deployment, Holder: r.Holder, Priority: int(r.Priority),
-		Slot: slot, State: string(r.State), Expires: r.Expires,
+		ID: r.ID, Deployment: r.Deployment, Holder: r.Holder, Priority: int(r.Priority), Class: class.String(),
+		Slot: slot, State: string(r.State), Expires: r.Expires, Since: r.Since,
 	}
 }
 

@@ -62,6 +62,40 @@ func TestLedgerServerAdmitsRefusesAndPersists(t *testing.T) {
 	}
 }
 
+// A reserve that names victims evicts batch work of lower priority, and
+// nothing else; the list says each reservation's class and age.
+func TestLedgerServerEvicts(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	s := testLedger(t, t.TempDir(), &now)
+	batch := reserveCall("train#0/1", 700, time.Minute)
+	batch.Reservation.Class = scheduler.Batch.String()
+	serving := reserveCall("serve#0/1", 300, time.Minute)
+	serving.Reservation.Class, serving.Reservation.Priority = scheduler.Inference.String(), 10
+	for _, c := range []coordinator.Call{batch, serving} {
+		if a := s.serve(c); a.Refused != nil || a.Error != "" {
+			t.Fatalf("reserve %s = %+v", c.Reservation.ID, a)
+		}
+	}
+	l := s.serve(coordinator.Call{Op: coordinator.OpList})
+	if len(l.Reservations) != 2 || l.Reservations[1].Class != "batch" || l.Reservations[0].Class != "inference" || !l.Reservations[1].Since.Equal(now) {
+		t.Fatalf("list = %+v; want serve (inference) and train (batch, since now)", l.Reservations)
+	}
+	want := reserveCall("new#0/1", 700, time.Minute)
+	want.Reservation.Class, want.Reservation.Priority = scheduler.Inference.String(), 10
+	want.Evict = []string{"serve#0/1"}
+	if a := s.serve(want); a.Error == "" || len(a.Evicted) != 0 {
+		t.Fatalf("reserve evicting inference work = %+v; want an error and nothing evicted", a)
+	}
+	want.Evict = []string{"train#0/1"}
+	a := s.serve(want)
+	if a.Refused != nil || a.Error != "" || len(a.Evicted) != 1 || a.Evicted[0] != "train#0/1" || a.Free.GPUs[0].Milli != 0 {
+		t.Fatalf("reserve evicting batch work = %+v; want train evicted and the card full", a)
+	}
+	if _, ok := s.led.Get("train#0/1"); ok {
+		t.Error("the evicted reservation is still on the ledger")
+	}
+}
+
 func TestFrameRoundTripAndLimits(t *testing.T) {
 	var buf bytes.Buffer
 	c := reserveCall("x#0/1", 10, time.Second)
@@ -88,6 +122,8 @@ func TestFrameRoundTripAndLimits(t *testing.T) {
 		`{"op":"list","extra":1}`,
 		`{"op":"reserve","lease_ms":-1,"reservation":{"id":"a","deployment":"d","slot":{"node":""}}}`,
 		`{"op":"reserve","lease_ms":100,"reservation":{"id":"a","deployment":"d","slot":{"node":"","gpus":[{"index":0,"uuid":"g","milli":2000}]}}}`,
+		`{"op":"release","ids":["a"],"evict":["b"]}`,
+		`{"op":"reserve","lease_ms":100,"evict":[""],"reservation":{"id":"a","deployment":"d","slot":{"node":""}}}`,
 	} {
 		if _, err := decodeCall([]byte(bad)); !errors.Is(err, ErrBadCall) {
 			t.Errorf("decodeCall(%s) = %v; want ErrBadCall", bad, err)
@@ -103,6 +139,10 @@ func FuzzDecodeCall(f *testing.F) {
 		{Op: coordinator.OpCommit, IDs: []string{"a#0/1"}, LeaseMillis: 1000},
 		{Op: coordinator.OpList},
 		{Op: coordinator.OpRelease, IDs: []string{"a"}},
+		{Op: coordinator.OpReserve, LeaseMillis: 1000, Evict: []string{"a#0/1"}, Reservation: &coordinator.Reservation{
+			ID: "b#0/1", Deployment: "e", Priority: 10, Class: "inference",
+			Slot: scheduler.Slot{GPUs: []scheduler.GPUShare{{UUID: "GPU-a", Milli: 800}}},
+		}},
 	} {
 		var buf bytes.Buffer
 		_ = writeFrame(&buf, c)

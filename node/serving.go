@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -103,7 +102,9 @@ type serving struct {
 	dep     *deployService
 	act     *activity
 	log     *slog.Logger
-	waiting func(dep string) int // the local gateway's queue; nil before it runs
+	waiting func(dep string) int  // the local gateway's queue; nil before it runs
+	loads   func() map[string]int // the local gateway's in-flight requests per local replica; nil before it runs
+	scale   *scaling              // failed replicas and autoscaling; nil: not kept
 
 	mu      sync.Mutex
 	reports map[peer.ID]received
@@ -179,7 +180,7 @@ func (sv *serving) loop() {
 
 // report is this node's serving state now.
 func (sv *serving) report() serveReport {
-	rep := serveReport{Replicas: sv.runner.list()}
+	rep := serveReport{Replicas: sv.withLoads(sv.runner.list())}
 	now := time.Now()
 	sv.mu.Lock()
 	for dep, t := range sv.local {
@@ -236,8 +237,12 @@ func (sv *serving) handle(st network.Stream) {
 	from := st.Conn().RemotePeer()
 	now := time.Now()
 	for i := range rep.Replicas {
-		rep.Replicas[i].Node = from.String() // a node speaks for itself only
-		rep.Replicas[i].Endpoint = ""
+		x := &rep.Replicas[i]
+		x.Node = from.String() // a node speaks for itself only
+		x.Endpoint = ""
+		if x.State == PhaseFailed && sv.scale != nil {
+			sv.scale.noteFailure(replicaFailure{Deployment: x.Deployment, Node: x.Node, Reservation: x.Reservation, Reason: x.Reason, At: now})
+		}
 	}
 	for dep, ms := range rep.IdleMillis {
 		sv.act.note(dep, now.Add(-time.Duration(ms)*time.Millisecond))
@@ -255,10 +260,18 @@ func (sv *serving) handle(st network.Stream) {
 	}
 }
 
-// ready is every ready replica in the pool: this node's from its runner,
-// the others' from their fresh reports while they are alive.
+// all is every replica in the pool: this node's from its runner, the
+// others' from their fresh reports while they are alive.
 func (sv *serving) all() []ReplicaRun {
 	out := sv.runner.list()
+	for _, r := range sv.fresh() {
+		out = append(out, r.Replicas...)
+	}
+	return out
+}
+
+// fresh are the other alive members' reports that are not too old.
+func (sv *serving) fresh() []serveReport {
 	alive := map[peer.ID]bool{}
 	for _, m := range sv.members.Members() {
 		if m.State == mesh.StateAlive {
@@ -266,15 +279,61 @@ func (sv *serving) all() []ReplicaRun {
 		}
 	}
 	now := time.Now()
+	var out []serveReport
 	sv.mu.Lock()
 	for p, r := range sv.reports {
 		if p == sv.self || !alive[p] || now.Sub(r.at) > reportTTL {
 			continue
 		}
-		out = append(out, r.rep.Replicas...)
+		out = append(out, r.rep)
 	}
 	sv.mu.Unlock()
 	return out
+}
+
+// withLoads fills in the requests this node's gateway has in flight on
+// each of xs (this node's replicas).
+func (sv *serving) withLoads(xs []ReplicaRun) []ReplicaRun {
+	sv.mu.Lock()
+	f := sv.loads
+	sv.mu.Unlock()
+	if f == nil {
+		return xs
+	}
+	loads := f()
+	for i := range xs {
+		xs[i].InFlight = loads[xs[i].ID]
+	}
+	return xs
+}
+
+// load is the pool's load on deployment dep for its autoscaler: requests
+// in flight on its ready replicas (this node's from its gateway, the
+// others' from their reports) plus requests that wait for a replica on any
+// gateway; and how many replicas are ready.
+func (sv *serving) load(dep string) (concurrency float64, ready int) {
+	for _, x := range sv.withLoads(sv.runner.list()) {
+		if x.Deployment == dep && x.State == PhaseReady {
+			ready++
+			concurrency += float64(x.InFlight)
+		}
+	}
+	for _, r := range sv.fresh() {
+		for _, x := range r.Replicas {
+			if x.Deployment == dep && x.State == PhaseReady {
+				ready++
+				concurrency += float64(x.InFlight)
+			}
+		}
+		concurrency += float64(r.Waiting[dep])
+	}
+	sv.mu.Lock()
+	w := sv.waiting
+	sv.mu.Unlock()
+	if w != nil {
+		concurrency += float64(w(dep))
+	}
+	return concurrency, ready
 }
 
 // refresh wakes the requests waiting on a directory change when the set
@@ -363,7 +422,11 @@ func (sv *serving) runs() []ReplicaRun {
 	if sv == nil {
 		return nil
 	}
-	return sv.all()
+	out := sv.withLoads(sv.runner.list())
+	for _, r := range sv.fresh() {
+		out = append(out, r.Replicas...)
+	}
+	return out
 }
 
 // gatewayServer is the gateway listening on its TCP address.
@@ -408,11 +471,11 @@ func startGateway(addr string, sv *serving, m any, log *slog.Logger, reg prometh
 		return nil, err
 	}
 	sv.mu.Lock()
-	sv.waiting = gw.Waiting
+	sv.waiting, sv.loads = gw.Waiting, gw.LocalLoads
 	sv.mu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &gatewayServer{gw: gw, cancel: cancel, done: make(chan struct{})}
-	g.srv = &http.Server{Handler: gw, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	g.srv = &http.Server{Handler: withDashboard(gw, sv, m, reg, cfg.APIKeys, log), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	if ln == nil {
 		close(g.done)
 	} else {
@@ -478,18 +541,25 @@ func (d *Daemon) startServing(home string, log *slog.Logger, m meshNode, dep *de
 	if dep == nil {
 		return nil, nil
 	}
-	be, err := runtime.NewProcess(runtime.ProcessConfig{Dir: filepath.Join(home, ReplicasDir), Owner: m.ID().String()})
+	be, rt, err := openRuntimes(context.Background(), d.cfg.Runtime, home, m.ID().String(), m.PoolID(), d.declared, log)
 	if err != nil {
 		return nil, err
 	}
 	p := &servingParts{}
 	p.runner = &replicaRunner{
-		self: m.ID().String(), backend: be, led: dep.led, record: dep.record, weights: wc,
+		self: m.ID().String(), backend: be, rt: rt, led: dep.led, record: dep.record, weights: wc,
 		version: d.cfg.Version, log: log, runs: map[string]*replicaRun{},
 		sup: runtime.SupervisorConfig{MaxRestarts: 3},
 	}
-	p.sv = newServing(&serving{self: m.ID(), members: m, streams: dep.cfg.Streams, dep: dep, act: act, log: log, runner: p.runner})
-	p.runner.onChange = p.sv.kick
+	p.runner.gang = &gangNet{self: m.ID(), streams: dep.cfg.Streams, members: m, port: p.runner.gangPort, log: log.With("component", "gang")}
+	dep.cfg.Streams.Handle(GangProtocol, p.runner.gang.handle)
+	p.sv = &serving{self: m.ID(), members: m, streams: dep.cfg.Streams, dep: dep, act: act, log: log, runner: p.runner}
+	p.sv.scale = newScaling(dep, defaultFailurePolicy(), p.sv.load, log)
+	p.sv = newServing(p.sv)
+	p.runner.onChange, p.runner.onFailed = p.sv.kick, p.sv.scale.noteFailure
+	dep.mu.Lock()
+	dep.hook = p.sv.scale
+	dep.mu.Unlock()
 	newReplicaRunner(p.runner)
 	dep.runs, dep.logs = p.sv.runs, p.runner.logs
 	if p.gw, err = startGateway(d.cfg.Gateway, p.sv, m, log, reg); err != nil {

@@ -27,11 +27,20 @@
 // parameter (${shoal.vramLimitMiB}, ${shoal.gpuMemoryUtilization} for
 // vLLM-like engines); the node's ledger does the accounting.
 //
+// Spec.Labels adds the caller's labels (the node adds io.shoal.pool and
+// io.shoal.reservation); Spec.DeclaredGPUs marks GPUs an operator declared,
+// which name no device, so the Docker backend makes no device request for
+// them. Containers are never privileged nor on the host's network.
+//
 // StartHealthy starts and waits for health, and on any failure (exit, no
 // health within the start timeout) quotes the replica's output in its error
 // and removes it: nothing is left behind. Supervisor restarts a replica that
 // exits, with exponential backoff, and after too many failures in a row
-// gives up in a visible failed phase with the replica removed.
+// gives up in a visible failed phase with the replica removed (at once for
+// an invalid spec or an image that cannot be pulled). Supervisor.Adopt
+// hands it a replica a restarted daemon found running: after one health
+// probe it is supervised without a restart; OnPhase reports each phase
+// change as it happens.
 //
 // Subpackage template parses the deployment templates and holds the
 // built-in catalog; runtimetest builds the reference workload

@@ -149,6 +149,10 @@ func (d *Docker) Create(ctx context.Context, s Spec) (string, error) {
 		cfg.Entrypoint = s.Entrypoint
 	}
 	hc := &container.HostConfig{
+		// Never privileged, never the host's network: the published
+		// loopback port is the only way in.
+		Privileged:  false,
+		NetworkMode: network.NetworkBridge,
 		Resources: container.Resources{
 			NanoCPUs: s.NanoCPUs,
 			Memory:   s.MemoryBytes,
@@ -164,7 +168,7 @@ func (d *Docker) Create(ctx context.Context, s Spec) (string, error) {
 		cfg.ExposedPorts = network.PortSet{port: {}}
 		hc.PortBindings = network.PortMap{port: {{HostIP: netip.AddrFrom4([4]byte{127, 0, 0, 1}), HostPort: hostPort}}}
 	}
-	if len(s.GPUUUIDs) > 0 {
+	if len(s.GPUUUIDs) > 0 && !s.DeclaredGPUs {
 		hc.Resources.DeviceRequests = []container.DeviceRequest{{
 			Driver:       d.cfg.GPUDriver,
 			DeviceIDs:    append([]string(nil), s.GPUUUIDs...),
@@ -179,6 +183,25 @@ func (d *Docker) Create(ctx context.Context, s Spec) (string, error) {
 		return "", fmt.Errorf("%w: %s: create: %w", ErrStart, s.ReplicaID, err)
 	}
 	return created.ID, nil
+}
+
+// HasImage reports whether the engine holds image, without pulling it.
+func (d *Docker) HasImage(ctx context.Context, image string) (bool, error) {
+	if _, err := d.c.ImageInspect(ctx, image); err == nil {
+		return true, nil
+	} else if !cerrdefs.IsNotFound(err) {
+		return false, fmt.Errorf("%w: %w", ErrNoEngine, err)
+	}
+	return false, nil
+}
+
+// Engine describes the engine, e.g. "Docker 20.10.24 (API 1.41)".
+func (d *Docker) Engine(ctx context.Context) string {
+	v, err := d.c.ServerVersion(ctx, client.ServerVersionOptions{})
+	if err != nil {
+		return "Docker"
+	}
+	return fmt.Sprintf("Docker %s (API %s)", v.Version, d.c.ClientVersion())
 }
 
 // ensureImage pulls the image when the engine does not have it.

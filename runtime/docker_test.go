@@ -21,8 +21,9 @@ import (
 const referenceImage = "shoal-reference:test"
 
 var (
-	imageOnce sync.Once
-	imageErr  error
+	imageOnce  sync.Once
+	imageErr   error
+	imageBuilt *client.Client // the engine that holds the image, for TestMain to remove it
 )
 
 // dockerBackend returns a Docker backend for owner, skipping the test when
@@ -47,11 +48,25 @@ func dockerBackend(t *testing.T, owner string) (*runtime.Docker, *client.Client)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		imageErr = runtimetest.BuildReferenceImage(ctx, c, referenceBin, referenceImage)
+		if imageErr == nil {
+			imageBuilt, _ = client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+		}
 	})
 	if imageErr != nil {
 		t.Fatalf("build %s: %v", referenceImage, imageErr)
 	}
 	return d, c
+}
+
+// removeReferenceImage removes the reference image if a test built it.
+func removeReferenceImage() {
+	if imageBuilt == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	imageBuilt.ImageRemove(ctx, referenceImage, client.ImageRemoveOptions{Force: true, PruneChildren: true})
+	imageBuilt.Close()
 }
 
 func dockerSpec(id string) runtime.Spec {
@@ -116,6 +131,9 @@ func TestDockerReferenceServesAndIsAdopted(t *testing.T) {
 	if len(hc.DeviceRequests) != 0 {
 		t.Errorf("device requests %+v without reserved GPUs", hc.DeviceRequests)
 	}
+	if hc.Privileged || hc.NetworkMode.IsHost() {
+		t.Errorf("privileged %v, network %q; want neither privileged nor the host's network", hc.Privileged, hc.NetworkMode)
+	}
 
 	// A restarted daemon finds and adopts it; another owner does not.
 	again, _ := dockerBackend(t, "node-dock-a")
@@ -173,6 +191,27 @@ func TestDockerGPURequestNamesExactlyTheReservedUUIDs(t *testing.T) {
 		if !slices.Contains(env, want) {
 			t.Errorf("env %v lacks %s", env, want)
 		}
+	}
+	if err := d.Remove(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+
+	// Declared GPUs name no device: no request, but the workload sees them.
+	decl := s
+	decl.DeclaredGPUs = true
+	cid, err = d.Create(ctx, decl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err = c.ContainerInspect(ctx, cid, client.ContainerInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reqs := in.Container.HostConfig.DeviceRequests; len(reqs) != 0 {
+		t.Errorf("device requests for declared GPUs = %+v; want none", reqs)
+	}
+	if env := in.Container.Config.Env; !slices.Contains(env, "CUDA_VISIBLE_DEVICES="+strings.Join(s.GPUUUIDs, ",")) {
+		t.Errorf("env %v lacks the declared GPUs", env)
 	}
 	if err := d.Remove(ctx, id); err != nil {
 		t.Fatal(err)

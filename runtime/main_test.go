@@ -23,6 +23,7 @@ func TestMain(m *testing.M) {
 	referenceBin, modelDir = f.Bin, f.Model
 	os.Chmod(modelDir, 0o555) // as the weight cache hands it out
 	code := m.Run()
+	removeReferenceImage()
 	f.Close()
 	os.Exit(code)
 }

@@ -40,6 +40,9 @@ const (
 	LabelGPUs       = "io.shoal.gpus"       // comma-separated GPU UUIDs
 	LabelPort       = "io.shoal.port"       // port inside
 	LabelHealth     = "io.shoal.health"     // health path
+	// Labels the node adds through Spec.Labels.
+	LabelPool        = "io.shoal.pool"        // the pool's ID
+	LabelReservation = "io.shoal.reservation" // the ledger reservation the replica runs on
 )
 
 // Environment variables every replica gets.
@@ -120,6 +123,17 @@ type Spec struct {
 	// Vars are values of further ${shoal.NAME} placeholders, such as the
 	// gang ones (gang.rank, gang.peers.worker) a gang coordinator fills.
 	Vars map[string]string
+
+	// Labels are further labels the replica carries (container labels, or
+	// the process backend's state file), such as LabelPool and
+	// LabelReservation; keys under io.shoal. that the backend sets itself
+	// (owner, replica, deployment, GPUs, port, health) cannot be replaced.
+	Labels map[string]string
+	// DeclaredGPUs says GPUUUIDs were declared by the operator, not
+	// measured: their UUIDs name no device a container engine knows, so
+	// the Docker backend makes no device request for them (the workload
+	// still sees them in CUDA_VISIBLE_DEVICES and the labels).
+	DeclaredGPUs bool
 }
 
 // Validate fills defaults and rejects a spec no backend could run.
@@ -275,9 +289,14 @@ func envList(env map[string]string) []string {
 	return out
 }
 
-// labels are the labels a replica of s carries, for owner.
+// labels are the labels a replica of s carries, for owner: Spec.Labels,
+// then the backend's own.
 func (s *Spec) labels(owner string) map[string]string {
-	return map[string]string{
+	out := maps.Clone(s.Labels)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, map[string]string{
 		LabelManaged:    "true",
 		LabelOwner:      owner,
 		LabelReplica:    s.ReplicaID,
@@ -285,7 +304,8 @@ func (s *Spec) labels(owner string) map[string]string {
 		LabelGPUs:       strings.Join(s.GPUUUIDs, ","),
 		LabelPort:       strconv.Itoa(s.Port),
 		LabelHealth:     s.HealthPath,
-	}
+	})
+	return out
 }
 
 // State is where a replica is in its life.

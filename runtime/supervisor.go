@@ -35,6 +35,10 @@ type SupervisorConfig struct {
 	StopGrace time.Duration
 	// Clock; nil means the system clock.
 	Clock Clock
+	// OnPhase, when set, is called on Run's goroutine after each phase
+	// change, so a caller learns of readiness without polling Status. It
+	// must not block.
+	OnPhase func(Phase)
 }
 
 func (c *SupervisorConfig) validate() {
@@ -75,8 +79,13 @@ type Status struct {
 	Phase    Phase     `json:"phase"`
 	Replica  Replica   `json:"replica"`
 	Restarts int       `json:"restarts"`          // crashes in a row
+	Adopted  bool      `json:"adopted,omitempty"` // the running replica was adopted, not started by Run
 	LastErr  string    `json:"last_error"`        // why the last start or run ended
 	NextTry  time.Time `json:"next_try,omitzero"` // in backoff: when
+	// StartedAt is when the current replica's start (or adoption) began,
+	// ReadyAt when it was found healthy (zero until then).
+	StartedAt time.Time `json:"started_at,omitzero"`
+	ReadyAt   time.Time `json:"ready_at,omitzero"`
 }
 
 // Supervisor keeps one replica running: start until healthy, restart with
@@ -90,12 +99,58 @@ type Supervisor struct {
 
 	mu     sync.Mutex
 	status Status
+	adopt  *Replica // found running by a restarted daemon; Run takes it over
 }
 
 // NewSupervisor returns a supervisor of spec on b.
 func NewSupervisor(b Backend, spec Spec, cfg SupervisorConfig) *Supervisor {
 	cfg.validate()
 	return &Supervisor{b: b, spec: spec, cfg: cfg, status: Status{Phase: PhaseStarting}}
+}
+
+// Adopt hands Run a replica of this spec that is already running (left by
+// an earlier daemon and found through Backend.List): Run first checks that
+// it answers its health path within adoptHealthWait and then supervises it
+// as if it had started it, without a restart. One that does not answer is
+// removed and started afresh. Call it before Run.
+func (s *Supervisor) Adopt(r Replica) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.adopt = &r
+}
+
+// adoptHealthWait bounds the health check of an adopted replica: it was
+// healthy before the daemon went, so it answers at once or is broken.
+const adoptHealthWait = 5 * time.Second
+
+// takeAdopted returns the replica handed to Adopt, once.
+func (s *Supervisor) takeAdopted() *Replica {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.adopt
+	s.adopt = nil
+	return r
+}
+
+// start adopts the replica handed to Adopt when it is healthy, and
+// otherwise starts one.
+func (s *Supervisor) start(ctx context.Context) (Replica, bool, error) {
+	if a := s.takeAdopted(); a != nil {
+		err := WaitHealthy(ctx, s.b, *a, min(adoptHealthWait, s.spec.StartTimeout))
+		if err == nil {
+			r, err := s.b.Inspect(ctx, a.ID)
+			if err == nil && r.State == StateRunning {
+				return r, true, nil
+			}
+		}
+		if ctx.Err() != nil {
+			return Replica{}, false, ctx.Err()
+		}
+		// Broken or gone: replace it.
+		s.b.Remove(ctx, a.ID)
+	}
+	r, err := StartHealthy(ctx, s.b, s.spec)
+	return r, false, err
 }
 
 // Status returns the current state; safe to call while Run runs.
@@ -107,8 +162,13 @@ func (s *Supervisor) Status() Status {
 
 func (s *Supervisor) set(f func(*Status)) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	was := s.status.Phase
 	f(&s.status)
+	now := s.status.Phase
+	s.mu.Unlock()
+	if now != was && s.cfg.OnPhase != nil {
+		s.cfg.OnPhase(now)
+	}
 }
 
 // Run supervises until ctx ends (the replica is then removed; nil) or the
@@ -124,15 +184,16 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	crashes := 0
 	backoff := s.cfg.BackoffFirst
 	for {
-		s.set(func(st *Status) { st.Phase = PhaseStarting })
-		r, err := StartHealthy(ctx, s.b, s.spec)
+		startedAt := s.cfg.Clock.Now()
+		s.set(func(st *Status) { st.Phase, st.StartedAt, st.ReadyAt = PhaseStarting, startedAt, time.Time{} })
+		r, adopted, err := s.start(ctx)
 		if ctx.Err() != nil {
 			s.set(func(st *Status) { st.Phase = PhaseStopped })
 			return nil
 		}
 		if err == nil {
-			s.set(func(st *Status) { st.Phase, st.Replica = PhaseReady, r })
 			readyAt := s.cfg.Clock.Now()
+			s.set(func(st *Status) { st.Phase, st.Replica, st.Adopted, st.ReadyAt = PhaseReady, r, adopted, readyAt })
 			r, err = s.b.Wait(ctx, s.spec.ReplicaID)
 			if ctx.Err() != nil {
 				s.set(func(st *Status) { st.Phase = PhaseStopped })
@@ -149,8 +210,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 			s.b.Remove(ctx, s.spec.ReplicaID)
 		}
-		if errors.Is(err, ErrInvalidSpec) || errors.Is(err, ErrUnknownMarker) {
-			// No restart fixes a spec.
+		if errors.Is(err, ErrInvalidSpec) || errors.Is(err, ErrUnknownMarker) || errors.Is(err, ErrImagePull) {
+			// No restart fixes a spec, nor brings an image the engine
+			// could not pull within its pull timeout.
 			s.set(func(st *Status) { st.Phase, st.LastErr = PhaseFailed, err.Error() })
 			return err
 		}

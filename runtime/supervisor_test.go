@@ -89,3 +89,70 @@ func TestSupervisorRestartsAfterCrashAndStopsOnCancel(t *testing.T) {
 		t.Fatalf("left behind %v", left)
 	}
 }
+
+// A restarted daemon hands the supervisor the replica its predecessor
+// left running: Run takes it over without a restart, and it carries the
+// labels the spec added.
+func TestSupervisorAdoptsARunningReplica(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := referenceSpec("sup-adopt")
+	s.Labels = map[string]string{runtime.LabelReservation: "res-1", runtime.LabelOwner: "not-me"}
+	left, err := runtime.StartHealthy(ctx, newProcess(t, dir, "node-a"), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left.Labels[runtime.LabelReservation] != "res-1" || left.Labels[runtime.LabelOwner] != "node-a" {
+		t.Fatalf("labels %v; want the reservation from Spec.Labels and the backend's own owner", left.Labels)
+	}
+	p := newProcess(t, dir, "node-a") // the restarted daemon's backend
+	list, err := p.List(ctx)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("List = %+v, %v; want the replica left running", list, err)
+	}
+	sup := runtime.NewSupervisor(p, s, runtime.SupervisorConfig{})
+	sup.Adopt(list[0])
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	eventually(t, 10*time.Second, "ready", func() bool { return sup.Status().Phase == runtime.PhaseReady })
+	if st := sup.Status(); !st.Adopted || st.Replica.Ref != left.Ref || st.Replica.Endpoint != left.Endpoint {
+		t.Fatalf("Status = %+v; want adopted pid %s at %s", st, left.Ref, left.Endpoint)
+	}
+	if got := modelsID(t, left.Endpoint); got != "my-deployment" {
+		t.Fatalf("/v1/models of the adopted replica = %q", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after cancel = %v; want nil", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 0 {
+		t.Fatalf("left behind %v", left)
+	}
+}
+
+// An adopted replica that no longer answers is replaced, not kept.
+func TestSupervisorReplacesAnAdoptedReplicaThatIsGone(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := newProcess(t, dir, "node-a")
+	s := referenceSpec("sup-adopt-gone")
+	left, err := runtime.StartHealthy(ctx, p, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Stop(ctx, s.ReplicaID, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	sup := runtime.NewSupervisor(p, s, runtime.SupervisorConfig{})
+	sup.Adopt(left)
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	eventually(t, 10*time.Second, "ready", func() bool { return sup.Status().Phase == runtime.PhaseReady })
+	if st := sup.Status(); st.Adopted || st.Replica.Ref == left.Ref || st.Restarts != 0 {
+		t.Fatalf("Status = %+v; want a fresh replica (not pid %s), no restart counted", st, left.Ref)
+	}
+	cancel()
+	<-done
+}

@@ -23,6 +23,9 @@ type fgdModel struct {
 	builtAt float64
 	cpuOnly float64 // weight of CPU-only shapes
 	groups  []fgdGroup
+	// press is, per group, what one milli-GPU of a card the group may use
+	// is worth to it (see scarcity); 0 for groups that may use any card.
+	press []float64
 }
 
 type fgdGroup struct {
@@ -42,6 +45,8 @@ type fgdShape struct {
 type nodeFGD struct {
 	epoch uint64   // epoch of elig
 	elig  []uint64 // per group: cards passing the group's static constraints
+	// press is, per card, the scarcity price of one milli-GPU of it.
+	press []float64
 
 	fragVer, fragEpoch uint64
 	frag               float64
@@ -90,6 +95,7 @@ func (p *Pool) buildFGD(shapes []WeightedShape, at float64) {
 	m.builtAt = at
 	m.cpuOnly = 0
 	m.groups = m.groups[:0]
+	m.press = m.press[:0]
 	byGPU := map[Shape]int{}
 	for _, ws := range shapes {
 		s := ws.Shape
@@ -117,6 +123,104 @@ func (p *Pool) buildFGD(shapes []WeightedShape, at float64) {
 	for _, n := range p.nodes {
 		p.nodeEligibility(n)
 	}
+	p.scarcity()
+}
+
+// scarcity prices the cards by how contended they are. A group of shapes
+// limited to some cards (a GPU model, an architecture, a memory size) can
+// only use those; a card it may use is worth the group's demand over the
+// free share of such cards, relative to the whole workload's demand over
+// the pool's free share (read again with the workload, so the price of a
+// model rises as it fills). A milli-GPU taken from a card costs the sum of
+// the prices of the groups that may use it, times ScarcityWeight. FGD
+// alone measures a node's fragments against the workload but is blind to
+// this: a card that a constrained shape needs and an unconstrained one
+// does not is spent on the first as readily as on the second, and the
+// best-fit blend then favours small nodes, often the scarce models. With
+// the price in the score, work that may go anywhere goes where the
+// constrained work cannot.
+func (p *Pool) scarcity() {
+	m := &p.fgd
+	m.press = m.press[:0]
+	if p.scarcityWeight == 0 {
+		return
+	}
+	var free, demand float64
+	supply := make([]float64, len(m.groups))
+	for _, n := range p.nodes {
+		free += float64(n.res.freeMilli())
+		for gi, e := range n.fgd.elig {
+			for ; e != 0; e &= e - 1 {
+				supply[gi] += float64(n.res.free[trailing(e)])
+			}
+		}
+	}
+	free = max(free, MilliPerGPU)
+	for gi := range supply {
+		supply[gi] = max(supply[gi], MilliPerGPU)
+	}
+	// need is a group's GPU demand per arrival; a share derived from VRAM
+	// differs by card and counts as half a card.
+	need := func(g *fgdGroup) float64 {
+		milli := g.want.milli
+		if milli == 0 {
+			milli = MilliPerGPU / 2
+		}
+		return g.wsum * float64(g.want.k*milli)
+	}
+	for gi := range m.groups {
+		demand += need(&m.groups[gi])
+	}
+	priced := false
+	for gi := range m.groups {
+		g := &m.groups[gi]
+		pr := 0.0
+		if !g.want.anyGPU && supply[gi] > 0 && demand > 0 {
+			pr = (need(g) / supply[gi]) / (demand / free)
+			priced = true
+		}
+		m.press = append(m.press, pr)
+	}
+	if !priced {
+		m.press = m.press[:0]
+	}
+	for _, n := range p.nodes {
+		p.nodePress(n)
+	}
+}
+
+// nodePress prices n's cards from the groups' prices.
+func (p *Pool) nodePress(n *nodeState) {
+	f := &n.fgd
+	f.press = f.press[:0]
+	if len(p.fgd.press) == 0 {
+		return
+	}
+	for range n.gpus {
+		f.press = append(f.press, 0)
+	}
+	for gi, pr := range p.fgd.press {
+		if pr == 0 {
+			continue
+		}
+		for e := f.elig[gi]; e != 0; e &= e - 1 {
+			f.press[trailing(e)] += pr
+		}
+	}
+}
+
+// price is the scarcity price of taking w on the cards in mask of n.
+func (p *Pool) price(n *nodeState, w *want, mask uint64) float64 {
+	if len(n.fgd.press) == 0 {
+		return 0
+	}
+	var s float64
+	for ; mask != 0; mask &= mask - 1 {
+		i := trailing(mask)
+		need, _ := w.need(&n.gpus[i])
+		s += float64(need) * n.fgd.press[i]
+	}
+	return p.scarcityWeight * s
 }
 
 func (p *Pool) nodeEligibility(n *nodeState) {
@@ -127,6 +231,9 @@ func (p *Pool) nodeEligibility(n *nodeState) {
 	for gi := range m.groups {
 		e, _ := n.eligible(&m.groups[gi].want)
 		f.elig = append(f.elig, e)
+	}
+	if len(m.press) == len(m.groups) {
+		p.nodePress(n)
 	}
 }
 
@@ -220,7 +327,7 @@ func (p *Pool) fgdScore(n *nodeState, w *want, fit uint64) (float64, uint64) {
 			nt++
 			n.res.copyInto(sc)
 			n.take(sc, w, 1<<i)
-			d := p.fgd.frag(n, sc) - before
+			d := p.fgd.frag(n, sc) - before + p.price(n, w, 1<<i)
 			if bestMask == 0 || (!near(d, best) && d < best) ||
 				(near(d, best) && n.res.free[i] < n.res.free[trailing(bestMask)]) {
 				best, bestMask = d, 1<<i
@@ -230,7 +337,7 @@ func (p *Pool) fgdScore(n *nodeState, w *want, fit uint64) (float64, uint64) {
 		mask, _ := n.pickGPUs(&n.res, w, fit, false)
 		n.res.copyInto(sc)
 		n.take(sc, w, mask)
-		best, bestMask = p.fgd.frag(n, sc)-before, mask
+		best, bestMask = p.fgd.frag(n, sc)-before+p.price(n, w, mask), mask
 	}
 	*e = fgdEntry{ver: n.ver, epoch: p.fgd.epoch, delta: best, mask: bestMask}
 	return best, bestMask

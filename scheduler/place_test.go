@@ -222,6 +222,48 @@ func TestFGDKeepsWholeGPUsForTheWorkload(t *testing.T) {
 	}
 }
 
+func TestFGDSparesScarceModels(t *testing.T) {
+	// As many requests may only use V100M32 cards (the pool has two) as may
+	// only use G2 cards (it has eight); the rest may go anywhere. An
+	// unconstrained whole-GPU request fits best (by host resources) on the
+	// small V100M32 box, and fragmentation alone sees no difference (each
+	// card is as useless to one constrained group as to the other); the
+	// scarcity price sends it to the G2 server, and a request limited to
+	// V100M32 still gets one.
+	nodes := []scheduler.Node{
+		node("rare", "V100M32", 2, 16000, 64),
+		node("common", "G2", 8, 96000, 384),
+	}
+	w := scheduler.NewWorkload()
+	for range 4 {
+		w.Observe(scheduler.Request{GPUs: 1, CPUMilli: 4000})
+	}
+	for _, m := range []string{"V100M32", "G2"} {
+		w.Observe(scheduler.Request{GPUs: 1, CPUMilli: 4000, Models: []string{m}})
+	}
+	free := scheduler.Request{ID: "any", GPUs: 1, CPUMilli: 4000}
+	tests := []struct {
+		name string
+		req  scheduler.Request
+		cfg  scheduler.Config
+		want string
+	}{
+		{"fgd", free, scheduler.Config{Workload: w}, "common"},
+		{"fgd without the price", free, scheduler.Config{Workload: w, ScarcityWeight: -1}, "rare"},
+		{"bestfit", free, scheduler.Config{Policy: scheduler.BestFit}, "rare"},
+		{"fgd, constrained", scheduler.Request{ID: "v", GPUs: 1, CPUMilli: 4000, Models: []string{"V100M32"}}, scheduler.Config{Workload: w}, "rare"},
+	}
+	for _, tt := range tests {
+		plan, err := scheduler.Place(nodes, tt.req, tt.cfg)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if got := plan.Nodes(); len(got) != 1 || got[0] != tt.want {
+			t.Errorf("Place(%s) = %v; want %s", tt.name, got, tt.want)
+		}
+	}
+}
+
 func TestTieBreaks(t *testing.T) {
 	cached := node("cached", "T4", 2, 16000, 32)
 	cached.Models = []string{"llama"}

@@ -28,6 +28,8 @@ type Pool struct {
 	maxCPU, maxGPU float64
 	// fitWeight is Config.FitWeight, 0 for pure FGD.
 	fitWeight float64
+	// scarcityWeight is Config.ScarcityWeight, 0 when off.
+	scarcityWeight float64
 
 	rng *rand.Rand
 	fgd fgdModel
@@ -152,6 +154,7 @@ func NewPool(nodes []Node, cfg Config) (*Pool, error) {
 	}
 	p.fgd.builtAt = -1
 	p.fitWeight = max(0, cfg.FitWeight)
+	p.scarcityWeight = max(0, cfg.ScarcityWeight)
 	for _, n := range nodes {
 		if _, dup := p.index[n.ID]; dup {
 			return nil, fmt.Errorf("%w: duplicate node ID %q", ErrInvalidNode, n.ID)

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -327,6 +329,243 @@ func TestDeployTwentyFromFiveNodes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// gangTemplate is a gang of members, each taking 0.6 of one card: no card
+// holds two of them.
+const gangTemplate = `apiVersion: shoal/v1
+kind: Template
+metadata:
+  name: gang-slice
+  description: a gang with one member per card, for takeover tests
+parameters:
+  - name: members
+    type: int
+    default: "4"
+    description: gang size
+spec:
+  kind: gang
+  priority: batch
+  resources:
+    gpus: 1
+    gpuFraction: 0.6
+    minVRAM: 1GiB
+  gang:
+    roles:
+      - name: worker
+        count: ${members}
+        runtime:
+          command: [sleep, "3600"]
+`
+
+// The coordinator dies between reserve and commit. Five nodes with one
+// equal card each; a gang of four members, one per card. Planning on equal
+// nodes takes them in view order: the coordinator's own node, then the
+// others by peer ID. The third of them (the second other node) is frozen
+// with SIGSTOP before the submission, so the coordinator reserves on its
+// own node and the first other one, then waits on the frozen node; the
+// test sees those holds on the ledgers, SIGKILLs the coordinator and thaws
+// the frozen node. The next member by rendezvous must place the gang on
+// the four live nodes, every hold of the dead coordinator must leave the
+// ledgers (released by the next coordinator or expired by lease), and no
+// card may be promised twice at any point. Then, on the same pool, an
+// inference job that fits nowhere evicts a member of the batch gang, which
+// goes back to waiting.
+func TestDeployCoordinatorKilledBetweenReserveAndCommit(t *testing.T) {
+	flags := make([][]string, 5)
+	for i := range flags {
+		flags[i] = []string{"--gpu", "RTX 4090:24GiB:16384"}
+	}
+	nodes, ids := startPool(t, flags)
+	tpl := filepath.Join(t.TempDir(), "gang.yaml")
+	if err := os.WriteFile(tpl, []byte(gangTemplate), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const name = "gang"
+	coord := indexOf(ids, coordinator.Owner(name, ids))
+	var others []int // the other nodes, in the coordinator's view order
+	for i := range nodes {
+		if i != coord {
+			others = append(others, i)
+		}
+	}
+	sort.Slice(others, func(a, b int) bool { return ids[others[a]] < ids[others[b]] })
+	frozen, submitter := others[1], others[3]
+	if err := syscall.Kill(nodes[frozen].PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			_ = syscall.Kill(nodes[frozen].PID, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(thaw)
+
+	oversold := func(l node.LedgerView) error {
+		for _, g := range l.Free.GPUs {
+			if g.Milli < 0 || g.VRAMBytes < 0 {
+				return fmt.Errorf("GPU %s over capacity: free %d milli, %d bytes", g.UUID, g.Milli, g.VRAMBytes)
+			}
+		}
+		return nil
+	}
+	// holdsOf counts the gang's reservations the coordinator holds (not
+	// committed) on the live, unfrozen ledgers.
+	holdsOf := func(skip ...int) (held, total int) {
+		for i, n := range nodes {
+			if i == frozen || containsInt(skip, i) {
+				continue
+			}
+			l := n.ledger(t)
+			if err := oversold(l); err != nil {
+				t.Fatalf("node %d: %v", i, err)
+			}
+			for _, r := range l.Reservations {
+				if r.Deployment == name && r.Holder == ids[coord] {
+					total++
+					if r.State == "held" {
+						held++
+					}
+				}
+			}
+		}
+		return held, total
+	}
+
+	if _, stderr, err := Run(t, "--home", nodes[submitter].Home, "deploy", "-f", tpl, "--name", name); err != nil {
+		t.Fatalf("deploy %s: %v: %s", name, err, stderr)
+	}
+	var held int
+	if !Eventually(10*time.Second, func() bool { held, _ = holdsOf(); return held >= 2 }) {
+		t.Fatalf("the coordinator (node %d) holds %d reservations of %s on the live ledgers; want the two before the frozen node", coord, held, name)
+	}
+	nodes[coord].Kill()
+	killedAt := time.Now()
+	thaw()
+	t.Logf("coordinator (node %d) killed holding %d reservations of the gang, waiting on node %d", coord, held, frozen)
+
+	live := make([]string, 0, 4)
+	for i := range nodes {
+		if i != coord {
+			live = append(live, ids[i])
+		}
+	}
+	var d deployment
+	placed := Eventually(60*time.Second, func() bool {
+		for _, i := range others {
+			if err := oversold(nodes[i].ledger(t)); err != nil {
+				t.Fatalf("node %d: %v", i, err)
+			}
+		}
+		d = nodes[submitter].ps()[name]
+		if d.Status.State != "placed" || d.Status.Coordinator == ids[coord] || len(d.Status.Replicas) != 4 {
+			return false
+		}
+		for _, r := range d.Status.Replicas {
+			for _, s := range r.Slots {
+				if s.Node == ids[coord] {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	if !placed {
+		t.Fatalf("%s = %+v; want placed on the live nodes by another coordinator", name, d)
+	}
+	toPlaced := time.Since(killedAt)
+	if want := coordinator.Rank(name, ids)[1]; d.Status.Coordinator != want {
+		t.Errorf("placed by %s; want the second in rank %s", d.Status.Coordinator, want)
+	}
+	if !Eventually(30*time.Second, func() bool { _, total := holdsOf(coord); return total == 0 }) {
+		t.Errorf("the dead coordinator's reservations are still on the ledgers")
+	}
+	toClean := time.Since(killedAt)
+	committed := 0
+	for _, i := range others {
+		l := nodes[i].ledger(t)
+		if err := oversold(l); err != nil {
+			t.Errorf("node %d: %v", i, err)
+		}
+		for _, r := range l.Reservations {
+			if r.Deployment == name && r.State == "committed" {
+				committed++
+			}
+		}
+	}
+	if committed != 4 {
+		t.Errorf("live ledgers hold %d committed reservations of the gang; want 4", committed)
+	}
+	t.Logf("kill to placed by the next coordinator: %v; kill to no reservation of the dead one left: %v",
+		toPlaced.Round(time.Millisecond), toClean.Round(time.Millisecond))
+
+	// Preemption: every live card has 0.4 left, so an inference job asking
+	// for 0.7 fits nowhere until it evicts a gang member (batch, lower
+	// priority). The gang's coordinator then finds a member gone, gives the
+	// others back and queues the gang: four cards no longer have room.
+	urgent := filepath.Join(t.TempDir(), "urgent.yaml")
+	if err := os.WriteFile(urgent, []byte(urgentTemplate), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	preemptAt := time.Now()
+	if _, stderr, err := Run(t, "--home", nodes[submitter].Home, "deploy", "-f", urgent, "--name", "urgent"); err != nil {
+		t.Fatalf("deploy urgent: %v: %s", err, stderr)
+	}
+	var ds map[string]deployment
+	if !Eventually(30*time.Second, func() bool {
+		for _, i := range others {
+			if err := oversold(nodes[i].ledger(t)); err != nil {
+				t.Fatalf("node %d: %v", i, err)
+			}
+		}
+		ds = nodes[submitter].ps()
+		return ds["urgent"].Status.State == "placed" && ds[name].Status.State == "queued"
+	}) {
+		t.Fatalf("urgent = %+v, gang = %+v; want urgent placed by evicting batch work and the gang queued", ds["urgent"].Status, ds[name].Status)
+	}
+	t.Logf("inference job placed by preemption, gang queued, %v after the submission (gang: %s)",
+		time.Since(preemptAt).Round(time.Millisecond), ds[name].Status.Reason)
+	if !Eventually(15*time.Second, func() bool {
+		for _, i := range others {
+			for _, r := range nodes[i].ledger(t).Reservations {
+				if r.Deployment == name {
+					return false
+				}
+			}
+		}
+		return true
+	}) {
+		t.Errorf("the queued gang still holds reservations")
+	}
+}
+
+// urgentTemplate is an inference job on 0.7 of one card: it may evict
+// batch work.
+const urgentTemplate = `apiVersion: shoal/v1
+kind: Template
+metadata:
+  name: urgent
+  description: an inference job that may evict batch work
+spec:
+  kind: job
+  priority: inference
+  resources:
+    gpus: 1
+    gpuFraction: 0.7
+    minVRAM: 1GiB
+  runtime:
+    command: [sleep, "3600"]
+`
+
+func containsInt(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
 }
 
 // Heavier (SHOAL_E2E=1): five nodes with eight cards each (8, 24 and 80 GiB),

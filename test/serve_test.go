@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -11,11 +12,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/shoalmesh/shoal/node"
 	"github.com/shoalmesh/shoal/runtime/runtimetest"
 )
 
@@ -60,7 +64,7 @@ var (
 
 // referenceBinary builds shoal-reference beside the shoal binary, where
 // the daemon's replica runner looks for it.
-func referenceBinary(t *testing.T) string {
+func referenceBinary(t testing.TB) string {
 	t.Helper()
 	bin := Binary(t)
 	refOnce.Do(func() { refBin, refErr = runtimetest.BuildReference(filepath.Dir(bin)) })
@@ -150,32 +154,12 @@ func direct(t *testing.T, ref, dir string) chatAnswer {
 // ledger; the next request starts it again.
 func TestServeScaleToZero(t *testing.T) {
 	ref := referenceBinary(t)
-	model := filepath.Join(t.TempDir(), "tiny")
-	if err := runtimetest.GenerateModel(ref, model, "tiny", 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	// The import holds the model files alone; the cache writes the
-	// manifest the workload checks when it materialises the directory.
-	imp := filepath.Join(t.TempDir(), "tiny")
-	if err := os.Mkdir(imp, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"config.json", "vocab.txt", "weights.bin"} {
-		b, err := os.ReadFile(filepath.Join(model, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(imp, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	model, imp := referenceModel(t, ref, "tiny")
 	// The model is imported on M; A alone has a GPU (so it pulls the
 	// weights from M); requests go to C.
-	nodes, _ := startPool(t, [][]string{nil, {"--gpu", "RTX 4090:24GiB:16384"}, nil})
+	nodes, _ := startPool(t, [][]string{nil, {"--gpu", "RTX 4090:24GiB:16384", "--runtime", "process"}, nil})
 	m, a, c := nodes[0], nodes[1], nodes[2]
-	if _, stderr, err := Run(t, "--home", m.Home, "weights", "add", imp, "--name", "tiny"); err != nil {
-		t.Fatalf("weights add: %v\n%s", err, stderr)
-	}
+	weightsAdd(t, m, imp, "tiny")
 	// Wait until A knows the name from M's record, so the cold start below
 	// measures the fetch rather than the record's way to A.
 	if !Eventually(20*time.Second, func() bool {
@@ -308,6 +292,259 @@ func TestServeScaleToZero(t *testing.T) {
 		t.Errorf("after rm A still holds %+v", a.ledger(t))
 	}
 	t.Logf("rm: replica stopped and GPU free in %v", time.Since(rmAt))
+}
+
+// referenceModel generates a reference model called name with ref and
+// returns its directory and a copy holding the model files alone, for
+// `weights add` (the cache writes the manifest the workload checks when it
+// materialises the directory).
+func referenceModel(t testing.TB, ref, name string) (model, imp string) {
+	t.Helper()
+	model = filepath.Join(t.TempDir(), name)
+	if err := runtimetest.GenerateModel(ref, model, name, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	imp = filepath.Join(t.TempDir(), name)
+	if err := os.Mkdir(imp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"config.json", "vocab.txt", "weights.bin"} {
+		b, err := os.ReadFile(filepath.Join(model, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(imp, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return model, imp
+}
+
+func weightsAdd(t testing.TB, n *Node, dir, name string) {
+	t.Helper()
+	if _, stderr, err := Run(t, "--home", n.Home, "weights", "add", dir, "--name", name); err != nil {
+		t.Fatalf("weights add: %v\n%s", err, stderr)
+	}
+}
+
+// refTemplate is the reference workload on one whole (declared) GPU with
+// minReplicas replicas (0: scale to zero after idle without traffic), as a
+// process or, with image set, a container of that image.
+func refTemplate(image string, minReplicas int, idle string) string {
+	run := `    command: [shoal-reference]
+`
+	if image != "" {
+		run = "    image: " + image + "\n"
+	}
+	return `apiVersion: shoal/v1
+kind: Template
+metadata:
+  name: reference-gpu
+  description: the reference workload on one GPU
+parameters:
+  - name: model
+    type: string
+    required: true
+    description: the reference model's name or ID
+spec:
+  kind: service
+  priority: inference
+  resources:
+    gpus: 1
+    cpu: 0.1
+    memory: 64MiB
+  runtime:
+` + run + `    args: [--model-dir, "${shoal.modelDir}", --served-model-name, "${shoal.servedName}"]
+    port: 8000
+    health: /health
+    startTimeout: 20s
+  weights:
+    model: ${model}
+  scaling:
+    minReplicas: ` + strconv.Itoa(minReplicas) + `
+    maxReplicas: 1
+    idleTimeout: ` + idle + `
+`
+}
+
+// deployTemplate deploys template text as name with model on n.
+func deployTemplate(t testing.TB, n *Node, text, name, model string) {
+	t.Helper()
+	tpl := filepath.Join(t.TempDir(), name+".yaml")
+	if err := os.WriteFile(tpl, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, err := Run(t, "--home", n.Home, "deploy", "-f", tpl, "--set", "model="+model, "--name", name); err != nil {
+		t.Fatalf("deploy %s: %v\n%s", name, err, stderr)
+	}
+}
+
+// psRun is the part of a replica in `shoal ps -o json` these tests read.
+type psRun struct {
+	ID         string             `json:"id"`
+	Deployment string             `json:"deployment"`
+	Node       string             `json:"node"`
+	State      string             `json:"state"`
+	Reason     string             `json:"reason"`
+	Backend    string             `json:"backend"`
+	Ref        string             `json:"ref"`
+	Adopted    bool               `json:"adopted"`
+	Start      *node.StartTimings `json:"start"`
+}
+
+// runs is every replica of dep that n lists.
+func (n *Node) runs(dep string) []psRun {
+	var ds []struct {
+		ID   string  `json:"id"`
+		Runs []psRun `json:"runs"`
+	}
+	n.JSON(&ds, "ps")
+	for _, d := range ds {
+		if d.ID == dep {
+			return d.Runs
+		}
+	}
+	return nil
+}
+
+// readyRun waits until n lists one ready replica of dep and returns it.
+func readyRun(t testing.TB, n *Node, dep string, within time.Duration) psRun {
+	t.Helper()
+	var got []psRun
+	if !Eventually(within, func() bool {
+		got = n.runs(dep)
+		return len(got) == 1 && got[0].State == "ready"
+	}) {
+		t.Fatalf("replicas of %s = %+v; want one ready", dep, got)
+	}
+	return got[0]
+}
+
+// gateway is the address of n's gateway as a base URL.
+func (n *Node) gateway(t testing.TB) string {
+	t.Helper()
+	var st struct {
+		Gateway string `json:"gateway"`
+	}
+	n.JSON(&st, "status")
+	if st.Gateway == "" {
+		t.Fatalf("status of %s names no gateway", n.Home)
+	}
+	return "http://" + st.Gateway
+}
+
+// replicaAlive says whether the replica a backend runs as ref is still
+// running: a process group leader, or a container.
+type replicaAlive func(ref string) bool
+
+func processAlive(ref string) bool {
+	pid, err := strconv.Atoi(ref)
+	if err != nil || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && !bytes.Contains(b, []byte(") Z "))
+}
+
+// testAdoption: a daemon killed with SIGKILL leaves its replica running;
+// started again on the same home it adopts it (same process or container,
+// not restarted; the gateway answers through it), and a replica whose
+// deployment was removed while the daemon was down is stopped and removed.
+// started, when set, learns of every node the test starts.
+func testAdoption(t *testing.T, runtimeFlag, image string, alive replicaAlive, started func(*Node)) {
+	note := func(n *Node) *Node {
+		if started != nil {
+			started(n)
+		}
+		return n
+	}
+	ref := referenceBinary(t)
+	_, imp := referenceModel(t, ref, "tiny")
+	flags := []string{"--gpu", "RTX 4090:24GiB:16384", "--runtime", runtimeFlag}
+
+	// One node: its replica is adopted.
+	a := note(Up(t, NewHome(t), flags...))
+	logOnFailure(t, a)
+	weightsAdd(t, a, imp, "tiny")
+	deployTemplate(t, a, refTemplate(image, 1, "10m"), "ref", "tiny")
+	first := readyRun(t, a, "ref", 30*time.Second)
+	before, _ := chat(t, a.gateway(t))
+	persisted(t, a, "ref")
+	a.Kill()
+	if !alive(first.Ref) {
+		t.Fatalf("replica %s %s died with its daemon", first.Backend, first.Ref)
+	}
+	killedAt := time.Now()
+	a = Up(t, a.Home, flags...)
+	got := readyRun(t, a, "ref", 20*time.Second)
+	t.Logf("%s replica %s adopted %v after the daemon's restart began", got.Backend, shortID(got.Ref), time.Since(killedAt))
+	if !got.Adopted || got.Ref != first.Ref || got.Backend != runtimeFlag {
+		t.Fatalf("after the restart the replica is %+v; want %s %s adopted", got, runtimeFlag, first.Ref)
+	}
+	after, _ := chat(t, a.gateway(t))
+	if after.Choices[0].Message.Content != before.Choices[0].Message.Content {
+		t.Fatalf("answer through the adopted replica = %q; want %q", after.Choices[0].Message.Content, before.Choices[0].Message.Content)
+	}
+
+	// Two nodes: B removes the deployment while A is down.
+	b := Up(t, NewHome(t))
+	a2 := note(Join(t, NewHome(t), b.Token(), flags...))
+	logOnFailure(t, a2)
+	weightsAdd(t, a2, imp, "tiny")
+	deployTemplate(t, b, refTemplate(image, 1, "10m"), "gone", "tiny")
+	doomed := readyRun(t, a2, "gone", 30*time.Second)
+	persisted(t, a2, "gone")
+	aID := a2.PeerID()
+	a2.Kill()
+	if !Eventually(20*time.Second, func() bool { return StateOf(b.Nodes(), aID) != "alive" }) {
+		t.Fatal("B never noticed that A is down")
+	}
+	if _, stderr, err := Run(t, "--home", b.Home, "rm", "gone"); err != nil {
+		t.Fatalf("rm while A is down: %v\n%s", err, stderr)
+	}
+	if !alive(doomed.Ref) {
+		t.Fatalf("replica %s died with its daemon", doomed.Ref)
+	}
+	a2 = Up(t, a2.Home, flags...)
+	if !Eventually(30*time.Second, func() bool { return !alive(doomed.Ref) && len(a2.runs("gone")) == 0 }) {
+		t.Fatalf("replica %s of the removed deployment still runs after A's restart (runs %+v)", doomed.Ref, a2.runs("gone"))
+	}
+	// The reservation goes when the coordinator releases it, or at the
+	// latest when its lease (30 s, renewed by no one now) ends.
+	if !Eventually(40*time.Second, func() bool { return len(a2.ledger(t).Reservations) == 0 }) {
+		t.Errorf("A's ledger after the restart: %+v; want no reservation", a2.ledger(t))
+	}
+}
+
+// persisted waits until n's home holds the record of deployment dep (the
+// daemon writes its records every second), so a SIGKILL does not lose it.
+func persisted(t *testing.T, n *Node, dep string) {
+	t.Helper()
+	if !Eventually(10*time.Second, func() bool {
+		b, err := os.ReadFile(filepath.Join(n.Home, "deployments.json"))
+		return err == nil && bytes.Contains(b, []byte(`"id":"`+dep+`"`))
+	}) {
+		t.Fatalf("%s/deployments.json never holds %s", n.Home, dep)
+	}
+}
+
+// logOnFailure logs the end of n's daemon log when the test fails.
+func logOnFailure(t *testing.T, n *Node) {
+	home := n.Home
+	t.Cleanup(func() {
+		if t.Failed() {
+			if b, err := os.ReadFile(filepath.Join(home, "daemon.log")); err == nil {
+				t.Logf("daemon log of %s ends:\n%s", home, b[max(0, len(b)-6000):])
+			}
+		}
+	})
+}
+
+func shortID(ref string) string { return ref[:min(12, len(ref))] }
+
+// With the process backend.
+func TestServeAdoptsProcessAfterDaemonKill(t *testing.T) {
+	testAdoption(t, "process", "", processAlive, nil)
 }
 
 // replicaProcesses reports whether the process backend of home still has

@@ -204,13 +204,23 @@ type versionInfo struct {
 	Revision string `json:"revision,omitempty"`
 	Time     string `json:"time,omitempty"`
 	Modified bool   `json:"modified,omitempty"`
+	// CGO is false in a static build (CGO_ENABLED=0, as the release
+	// builds): NVML needs cgo, so such a binary measures no GPU and uses
+	// the GPUs declared with --gpu or --gpu-file.
+	CGO bool `json:"cgo"`
 }
 
 func buildVersion() versionInfo {
 	v := versionInfo{Version: version, Go: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
 	if bi, ok := debug.ReadBuildInfo(); ok {
+		// `go install .../cmd/shoal@v1.2.3` stamps the module version.
+		if v.Version == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v.Version = bi.Main.Version
+		}
 		for _, s := range bi.Settings {
 			switch s.Key {
+			case "CGO_ENABLED":
+				v.CGO = s.Value == "1"
 			case "vcs.revision":
 				v.Revision = s.Value
 			case "vcs.time":
@@ -243,6 +253,11 @@ func (a *app) versionCmd() *cobra.Command {
 					mod = " (modified)"
 				}
 				fmt.Fprintf(a.stdout, "rev   %s%s %s\n", v.Revision, mod, v.Time)
+			}
+			if v.CGO {
+				fmt.Fprintln(a.stdout, "gpus  measured by NVML where the driver is installed, else declared")
+			} else {
+				fmt.Fprintln(a.stdout, "gpus  declared only (--gpu, --gpu-file): built without cgo, so no NVML")
 			}
 			return nil
 		},

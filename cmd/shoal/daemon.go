@@ -37,6 +37,8 @@ type daemonFlags struct {
 	joinFor time.Duration
 	cache   string
 	gateway string
+	runtime string
+	prices  []string
 }
 
 func (f *daemonFlags) register(cmd *cobra.Command) {
@@ -51,6 +53,8 @@ func (f *daemonFlags) register(cmd *cobra.Command) {
 	fs.DurationVar(&f.joinFor, "join-timeout", node.DefaultJoinTimeout, "how long to try the pool's known members at start; `up` then runs alone (mDNS or members dialling in can still find it), `join` fails")
 	fs.StringVar(&f.cache, "cache-size", "100GiB", "size limit of the weight cache (HOME/weights), e.g. 500GiB or 2TB; least recently used unpinned models are evicted beyond it; 0: no limit")
 	fs.StringVar(&f.gateway, "gateway", "127.0.0.1:8080", "address of the OpenAI-compatible gateway (/v1/models, /v1/chat/completions, ...); port 0 picks a free one (`shoal status` shows it); off: no gateway on this node")
+	fs.StringArrayVar(&f.prices, "price", nil, "what this node asks per GPU-hour, in credits: MODEL=CREDITS for one GPU model (e.g. \"RTX 4090=0.5\"), or CREDITS for every model not named; repeatable (default 0: free)")
+	fs.StringVar(&f.runtime, "runtime", node.RuntimeAuto, "how replicas run: auto (in a container when a Docker engine answers and the template names an image, else as a process), process, or docker")
 	cmd.MarkFlagFilename("gpu-file", "yaml", "yml")
 }
 
@@ -72,6 +76,12 @@ func (f *daemonFlags) config(a *app) (node.Config, error) {
 		return cfg, usagef("--cache-size %q: %v", f.cache, err)
 	}
 	cfg.CacheBytes = cache
+	switch f.runtime {
+	case node.RuntimeAuto, node.RuntimeProcess, node.RuntimeDocker:
+		cfg.Runtime = f.runtime
+	default:
+		return cfg, usagef("--runtime %q: want auto, process or docker", f.runtime)
+	}
 	switch f.gateway {
 	case "off", "":
 	default:
@@ -88,6 +98,11 @@ func (f *daemonFlags) config(a *app) (node.Config, error) {
 				return cfg, usagef("--listen %q is not a multiaddr (%v); write it like /ip4/0.0.0.0/tcp/4242", s, err)
 			}
 			cfg.ListenAddrs = append(cfg.ListenAddrs, ma)
+		}
+	}
+	for _, s := range f.prices {
+		if err := cfg.Prices.Set(s); err != nil {
+			return cfg, usagef("--price %q: %v", s, err)
 		}
 	}
 	for _, s := range f.gpus {

@@ -131,6 +131,9 @@ func writeStatus(w io.Writer, st node.Status, now time.Time) error {
 	if st.Gateway != "" {
 		fmt.Fprintf(tw, "GATEWAY\thttp://%s\n", st.Gateway)
 	}
+	if st.Runtime != "" {
+		fmt.Fprintf(tw, "RUNTIME\t%s\n", st.Runtime)
+	}
 	return tw.Flush()
 }
 

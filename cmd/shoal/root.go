@@ -74,7 +74,10 @@ Exit status: 0 success, 1 error, 2 usage error (bad flag, argument or token).`,
 		a.rmCmd(),
 		a.scaleCmd(),
 		a.logsCmd(),
+		a.creditsCmd(),
+		a.serviceCmd(),
 	)
+	a.addCompletions(root)
 	return root
 }
 

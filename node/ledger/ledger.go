@@ -34,6 +34,9 @@ var (
 	// ErrBadClaim: the claim is malformed (unknown GPU, milli out of range,
 	// a GPU named twice, negative amounts).
 	ErrBadClaim = errors.New("ledger: bad claim")
+	// ErrNotEvictable: a reservation named as a victim is not preemptible
+	// work of lower priority than the one that would evict it.
+	ErrNotEvictable = errors.New("ledger: reservation may not be evicted")
 )
 
 // Resource names what ran short.
@@ -121,8 +124,11 @@ type Reservation struct {
 	Deployment string   `json:"deployment"`
 	Holder     string   `json:"holder"` // peer ID of the coordinator that placed it
 	Priority   Priority `json:"priority"`
-	Claim      Claim    `json:"claim"`
-	State      State    `json:"state"`
+	// Preemptible marks batch work: a reservation of higher priority may
+	// evict it (ReserveEvicting). Inference is never evicted.
+	Preemptible bool  `json:"preemptible,omitempty"`
+	Claim       Claim `json:"claim"`
+	State       State `json:"state"`
 	// Since is when the reservation was first admitted (preemption spares
 	// older work, which has more to lose).
 	Since time.Time `json:"since"`
@@ -266,6 +272,42 @@ func (l *Ledger) Reserve(now time.Time, r Reservation, lease time.Duration) erro
 	r.Claim.GPUs = append([]GPUClaim(nil), r.Claim.GPUs...)
 	l.res[r.ID] = &r
 	return nil
+}
+
+// ReserveEvicting admits r like Reserve after evicting the reservations
+// named in victims, all or nothing: each victim must be Preemptible and of
+// lower priority than r (else ErrNotEvictable), and r must fit once they
+// are gone (else an *InsufficientError). Victims the ledger no longer holds
+// are skipped. It returns the reservations it evicted (the daemon stops
+// their replicas, and their coordinators find them gone).
+func (l *Ledger) ReserveEvicting(now time.Time, r Reservation, lease time.Duration, victims []string) ([]Reservation, error) {
+	if r.ID == "" {
+		return nil, fmt.Errorf("%w: empty reservation ID", ErrBadClaim)
+	}
+	if _, ok := l.res[r.ID]; ok {
+		return nil, l.Reserve(now, r, lease)
+	}
+	skip := map[string]bool{}
+	for _, id := range victims {
+		v, ok := l.res[id]
+		switch {
+		case !ok:
+			continue
+		case id == r.ID || !v.Preemptible || v.Priority >= r.Priority:
+			return nil, fmt.Errorf("%w: %s (priority %d, preemptible %v) by %s (priority %d)", ErrNotEvictable, id, v.Priority, v.Preemptible, r.ID, r.Priority)
+		}
+		skip[id] = true
+	}
+	if err := l.check(r.Claim, l.freeExcept(skip)); err != nil {
+		return nil, err
+	}
+	var out []Reservation
+	for id := range skip {
+		out = append(out, *l.res[id])
+		delete(l.res, id)
+	}
+	sortReservations(out)
+	return out, l.Reserve(now, r, lease)
 }
 
 // Commit turns a held reservation into a committed one with a new lease.

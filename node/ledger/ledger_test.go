@@ -159,6 +159,50 @@ func TestVictimsPreferCheapBatchWork(t *testing.T) {
 	}
 }
 
+// ReserveEvicting evicts only named batch work of lower priority, all or
+// nothing, and only when the claim then fits.
+func TestReserveEvicting(t *testing.T) {
+	l := New(twoCards())
+	for _, r := range []Reservation{
+		{ID: "batch-a", Priority: PriorityBatch, Preemptible: true, Claim: Claim{GPUs: []GPUClaim{gpu("a", 600, 10)}}},
+		{ID: "batch-b", Priority: PriorityBatch, Preemptible: true, Claim: Claim{GPUs: []GPUClaim{gpu("b", 1000, 8)}}},
+		{ID: "serving", Priority: PriorityInference, Claim: Claim{GPUs: []GPUClaim{gpu("a", 400, 4)}}},
+	} {
+		if err := l.Reserve(t0, r, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	claim := Claim{GPUs: []GPUClaim{gpu("a", 600, 8)}}
+	infer := Reservation{ID: "new", Priority: PriorityInference, Claim: claim}
+	tests := []struct {
+		name    string
+		r       Reservation
+		victims []string
+		want    error // nil: admitted
+	}{
+		{"no victims", infer, nil, ErrInsufficient},
+		{"the wrong victim", infer, []string{"batch-b"}, ErrInsufficient},
+		{"inference is no victim", infer, []string{"serving", "batch-a"}, ErrNotEvictable},
+		{"batch evicts no batch", Reservation{ID: "new", Priority: PriorityBatch, Claim: claim}, []string{"batch-a"}, ErrNotEvictable},
+	}
+	for _, tt := range tests {
+		gone, err := l.ReserveEvicting(t0, tt.r, time.Minute, tt.victims)
+		if !errors.Is(err, tt.want) || gone != nil || len(l.List()) != 3 {
+			t.Errorf("%s: ReserveEvicting = %v, %v with %d reservations left; want %v and nothing changed", tt.name, gone, err, len(l.List()), tt.want)
+		}
+	}
+	gone, err := l.ReserveEvicting(t0, infer, time.Minute, []string{"batch-a", "gone-already"})
+	if err != nil || len(gone) != 1 || gone[0].ID != "batch-a" {
+		t.Fatalf("ReserveEvicting(batch-a) = %v, %v; want batch-a evicted", gone, err)
+	}
+	if _, ok := l.Get("new"); !ok {
+		t.Error("the evicting reservation is not held")
+	}
+	if f := l.Free(); f.GPUs[0].Milli != 0 {
+		t.Errorf("card a free %d milli; want 0", f.GPUs[0].Milli)
+	}
+}
+
 // TestNeverOversold drives random reservations, commits, renewals, releases,
 // expiries and evictions, and checks after every step that no resource is
 // promised beyond the capacity.
@@ -186,7 +230,7 @@ func TestNeverOversold(t *testing.T) {
 			switch op := rng.IntN(10); {
 			case op < 5:
 				p := Priority(rng.IntN(2)) * PriorityInference
-				_ = l.Reserve(now, Reservation{ID: fmt.Sprint("r", step), Priority: p, Claim: randomClaim()}, time.Duration(1+rng.IntN(30))*time.Second)
+				_ = l.Reserve(now, Reservation{ID: fmt.Sprint("r", step), Priority: p, Preemptible: p == PriorityBatch, Claim: randomClaim()}, time.Duration(1+rng.IntN(30))*time.Second)
 			case op == 5 && len(ids) > 0:
 				_ = l.Commit(now, ids[rng.IntN(len(ids))].ID, time.Minute)
 			case op == 6 && len(ids) > 0:
@@ -207,8 +251,33 @@ func TestNeverOversold(t *testing.T) {
 					}
 					l.Release(r.ID)
 				}
-				if err := l.Reserve(now, Reservation{ID: fmt.Sprint("p", step), Priority: PriorityInference, Claim: cl}, time.Minute); err != nil {
-					t.Fatalf("seed %d: after evicting %d victims, Reserve = %v", seed, len(v), err)
+				// Evict through ReserveEvicting, naming the victims plus a
+				// random other reservation (which it must refuse to touch
+				// unless it is evictable batch work).
+				names := make([]string, 0, len(v)+1)
+				for _, r := range v {
+					names = append(names, r.ID)
+				}
+				extra := Reservation{}
+				if len(ids) > 0 && rng.IntN(3) == 0 {
+					extra = ids[rng.IntN(len(ids))]
+					names = append(names, extra.ID)
+				}
+				before := len(l.List())
+				gone, err := l.ReserveEvicting(now, Reservation{ID: fmt.Sprint("p", step), Priority: PriorityInference, Claim: cl}, time.Minute, names)
+				switch {
+				case extra.ID != "" && (!extra.Preemptible || extra.Priority >= PriorityInference):
+					if !errors.Is(err, ErrNotEvictable) || len(l.List()) != before {
+						t.Fatalf("seed %d: evicting %s (priority %d) = %v; want ErrNotEvictable and no change", seed, extra.ID, extra.Priority, err)
+					}
+				case err != nil:
+					t.Fatalf("seed %d: after choosing %d victims, ReserveEvicting = %v", seed, len(v), err)
+				default:
+					for _, r := range gone {
+						if r.Priority >= PriorityInference || !r.Preemptible {
+							t.Fatalf("seed %d: evicted %s of priority %d", seed, r.ID, r.Priority)
+						}
+					}
 				}
 			}
 			f := l.Free()

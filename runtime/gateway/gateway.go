@@ -160,6 +160,21 @@ func (g *Gateway) Waiting(deployment string) int {
 	return st.queued()
 }
 
+// LocalLoads returns the requests this gateway has in flight on each
+// replica of this node, by replica ID (forwarded ones included): the
+// in-flight count the node reports to the pool for its autoscalers.
+func (g *Gateway) LocalLoads() map[string]int {
+	g.lmu.Lock()
+	defer g.lmu.Unlock()
+	out := map[string]int{}
+	for k, n := range g.loads {
+		if k.node == g.cfg.Self && n > 0 {
+			out[k.id] += n
+		}
+	}
+	return out
+}
+
 func (g *Gateway) state(dep string) *depState {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -114,6 +114,10 @@ type Scaling struct {
 	MaxReplicas       int      `yaml:"maxReplicas" json:"maxReplicas"`             // default 1
 	TargetConcurrency int      `yaml:"targetConcurrency" json:"targetConcurrency"` // in-flight requests per replica before scaling up; default 4
 	IdleTimeout       Duration `yaml:"idleTimeout" json:"idleTimeout"`             // without traffic this long, scale down; default 10m
+	// Window is the autoscaler's stable window: the count follows the
+	// average concurrency over it (longer rides out bursts, shorter scales
+	// down sooner); a burst is judged over a tenth of it. Default 60s.
+	Window Duration `yaml:"window" json:"window,omitempty"`
 }
 
 // GangSpec describes the members of a gang, placed all or none.

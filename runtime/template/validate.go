@@ -13,6 +13,7 @@ const (
 	defaultStartTimeout      = Duration(10 * 60 * 1e9) // 10m: large models load slowly
 	defaultTargetConcurrency = 4
 	defaultIdleTimeout       = Duration(10 * 60 * 1e9) // 10m
+	defaultWindow            = Duration(60 * 1e9)      // 1m, as Knative's
 	defaultMountPath         = "/models"
 )
 
@@ -112,7 +113,12 @@ func (s *Spec) validate(n *yaml.Node) *Error {
 	if sc.IdleTimeout == 0 {
 		sc.IdleTimeout = defaultIdleTimeout
 	}
+	if sc.Window == 0 {
+		sc.Window = defaultWindow
+	}
 	switch {
+	case sc.Window < Duration(1e9):
+		return bad("scaling.window", ErrValue, "want 1s or more, got %v", timeDuration(sc.Window))
 	case sc.MinReplicas < 0:
 		return bad("scaling.minReplicas", ErrValue, "want 0 or more, got %d", sc.MinReplicas)
 	case sc.MaxReplicas < sc.MinReplicas:

@@ -18,11 +18,18 @@ const (
 	// is dead after 6 s by default) plus one resync, so that the next
 	// coordinator adopts the replica before its lease runs out.
 	DefaultCommitLease = 30 * time.Second
-	// DefaultResyncEvery: how often a coordinator lists every node's
-	// reservations of the deployments it owns. Listing finds replicas that
-	// another coordinator placed during a partition (the surplus to drain)
-	// and reservations that expired.
+	// DefaultResyncEvery: how often a coordinator lists the reservations
+	// of the nodes that hold its deployments' replicas, to find those that
+	// expired or were evicted. Each coordinator asks only those nodes, so
+	// the pool spends calls in proportion to its replicas, not to the
+	// square of its members.
 	DefaultResyncEvery = 5 * time.Second
+	// DefaultFullResyncEvery: how often a coordinator lists every node, the
+	// safety net for reservations it does not know of. It also lists every
+	// node when it adopts a deployment (takeover) and when its view of the
+	// members changes (a partition heals: replicas another coordinator
+	// placed meanwhile are the surplus to drain).
+	DefaultFullResyncEvery = time.Minute
 	// DefaultLearnedFor: free capacity a node reported in an answer
 	// overrides the one in its record for this long (records lag by up to
 	// a heartbeat and the republish rate limit).
@@ -41,10 +48,12 @@ type Config struct {
 	// HoldLease, CommitLease: see the defaults. RenewEvery is how often
 	// committed leases are renewed; 0 is CommitLease/3.
 	HoldLease, CommitLease, RenewEvery time.Duration
-	// ResyncEvery, LearnedFor, Attempts, CallTimeout: see the defaults.
-	ResyncEvery, LearnedFor time.Duration
-	Attempts                int
-	CallTimeout             time.Duration
+	// ResyncEvery, FullResyncEvery, LearnedFor, Attempts, CallTimeout: see
+	// the defaults. FullResyncEvery equal to ResyncEvery lists every node
+	// at every resync.
+	ResyncEvery, FullResyncEvery, LearnedFor time.Duration
+	Attempts                                 int
+	CallTimeout                              time.Duration
 	// Scheduler configures placement (policy, workload). Its Workload is
 	// shared by every step so that FGD keeps learning.
 	Scheduler scheduler.Config
@@ -63,6 +72,7 @@ func (c *Config) validate() error {
 	def(&c.CommitLease, DefaultCommitLease)
 	def(&c.RenewEvery, c.CommitLease/3)
 	def(&c.ResyncEvery, DefaultResyncEvery)
+	def(&c.FullResyncEvery, DefaultFullResyncEvery)
 	def(&c.LearnedFor, DefaultLearnedFor)
 	def(&c.CallTimeout, DefaultCallTimeout)
 	if c.Attempts == 0 {

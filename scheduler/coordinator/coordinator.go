@@ -25,8 +25,15 @@ type Coordinator struct {
 	// mu guards learned, which resync's calls fill from several goroutines.
 	mu      sync.Mutex
 	learned map[string]learnedFree
-	// lastResync is when every node was last listed.
-	lastResync time.Time
+	// lastResync is when the nodes holding known reservations were last
+	// listed, lastFull when every node was; members is the view they were
+	// listed in (sorted IDs, joined).
+	lastResync, lastFull time.Time
+	members              string
+	// held is every node's reservations as last listed for preemption, at
+	// heldAt (see holdings).
+	held   map[string][]Reservation
+	heldAt time.Time
 	// now is the time of the step under way.
 	now time.Time
 }
@@ -97,18 +104,25 @@ func (c *Coordinator) Step(ctx context.Context, now time.Time, recs []Record) []
 			delete(c.deps, id)
 		}
 	}
-	resync := now.Sub(c.lastResync) >= c.cfg.ResyncEvery
+	sorted := append([]string(nil), ids...)
+	sort.Strings(sorted)
+	members := strings.Join(sorted, ",")
+	full := now.Sub(c.lastFull) >= c.cfg.FullResyncEvery || members != c.members
 	for _, r := range owned {
 		if c.deps[r.ID] == nil {
 			c.deps[r.ID] = &depState{res: map[string]Reservation{}}
-			resync = true // newly owned: adopt what the nodes hold for it
+			full = true // newly owned: adopt what the nodes hold for it
 		}
 	}
 	if len(owned) == 0 {
 		return nil
 	}
-	if resync {
-		c.resync(ctx, ids, ownedSet)
+	switch {
+	case full:
+		c.resync(ctx, ids, ids, ownedSet)
+		c.lastResync, c.lastFull, c.members = now, now, members
+	case now.Sub(c.lastResync) >= c.cfg.ResyncEvery:
+		c.resync(ctx, c.holders(), ids, ownedSet)
 		c.lastResync = now
 	}
 	// Higher priority first, then by ID: the order is the same on every
@@ -130,12 +144,29 @@ func (c *Coordinator) Step(ctx context.Context, now time.Time, recs []Record) []
 	return out
 }
 
-// resync lists every alive node's reservations and folds those of owned
+// holders are the nodes that hold reservations this coordinator knows of,
+// sorted.
+func (c *Coordinator) holders() []string {
+	set := map[string]bool{}
+	for _, st := range c.deps {
+		for _, r := range st.res {
+			set[r.Slot.Node] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for id := range set {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// resync lists the reservations of the nodes ids and folds those of owned
 // deployments into what the coordinator knows: committed ones are adopted,
-// held ones of a holder that is gone (or of this member, left by an
-// interrupted step) are released, and known ones a node no longer holds are
-// forgotten.
-func (c *Coordinator) resync(ctx context.Context, ids []string, owned map[string]bool) {
+// held ones of a holder that is not among the alive members (or of this
+// member, left by an interrupted step) are released, and known ones a node
+// no longer holds are forgotten.
+func (c *Coordinator) resync(ctx context.Context, ids, alive []string, owned map[string]bool) {
 	type listed struct {
 		node string
 		res  []Reservation
@@ -153,7 +184,7 @@ func (c *Coordinator) resync(ctx context.Context, ids []string, owned map[string
 	}
 	wg.Wait()
 	aliveSet := map[string]bool{}
-	for _, id := range ids {
+	for _, id := range alive {
 		aliveSet[id] = true
 	}
 	for _, l := range answers {
@@ -185,6 +216,62 @@ func (c *Coordinator) resync(ctx context.Context, ids []string, owned map[string
 		}
 		if len(stale) > 0 {
 			_, _ = c.call(ctx, l.node, Call{Op: OpRelease, IDs: stale})
+		}
+	}
+}
+
+// holdings is every alive node's reservations, listed at most once per
+// ResyncEvery: preemption needs to know what it could evict, and only an
+// inference deployment that fits nowhere asks.
+func (c *Coordinator) holdings(ctx context.Context, nodes []scheduler.Node) map[string][]Reservation {
+	if c.held != nil && c.now.Sub(c.heldAt) < c.cfg.ResyncEvery {
+		return c.held
+	}
+	out := make([][]Reservation, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if a, err := c.call(ctx, n.ID, Call{Op: OpList}); err == nil {
+				out[i] = a.Reservations
+			}
+		}()
+	}
+	wg.Wait()
+	c.held = make(map[string][]Reservation, len(nodes))
+	for i, n := range nodes {
+		c.held[n.ID] = out[i]
+	}
+	c.heldAt = c.now
+	return c.held
+}
+
+// evicted forgets reservations that node evicted: in the holdings and in
+// the deployments this coordinator owns (which then place the lost
+// replicas again, or queue them).
+func (c *Coordinator) evicted(node string, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	gone := map[string]bool{}
+	for _, id := range ids {
+		gone[id] = true
+	}
+	if h, ok := c.held[node]; ok {
+		keep := h[:0:0]
+		for _, r := range h {
+			if !gone[r.ID] {
+				keep = append(keep, r)
+			}
+		}
+		c.held[node] = keep
+	}
+	for _, st := range c.deps {
+		for id, r := range st.res {
+			if gone[id] && r.Slot.Node == node {
+				delete(st.res, id)
+			}
 		}
 	}
 }

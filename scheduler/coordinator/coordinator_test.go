@@ -461,3 +461,164 @@ func TestConcurrentCoordinatorsNeverOversell(t *testing.T) {
 		}
 	}
 }
+
+// An inference deployment that fits nowhere evicts the least costly batch
+// work of lower priority (the younger of two training jobs); the victim's
+// own coordinator finds its replica gone and queues it, and places it again
+// once the inference deployment is removed.
+func TestPreemptionEvictsCheapestBatch(t *testing.T) {
+	ids := []string{"a", "b"}
+	cl := coordinatortest.New([]scheduler.Node{gpuNode("a", 24), gpuNode("b", 24)}, t0)
+	ms := []*member{newMember(t, cl, "a"), newMember(t, cl, "b")}
+	stepAll := func() {
+		t.Helper()
+		for _, m := range ms {
+			m.step(cl)
+			if err := cl.Oversold(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		gossip(ms...)
+	}
+	status := func(dep string) coordinator.Status {
+		r, _ := ms[0].store.Get(dep)
+		return r.Status
+	}
+	batch := scheduler.Request{GPUs: 1, Class: scheduler.Batch}
+	ms[0].submit("train-old", batch)
+	gossip(ms...)
+	stepAll()
+	wait := func(d time.Duration) { // renewals keep the replicas alive
+		for end := cl.Now().Add(d); cl.Now().Before(end); {
+			cl.Advance(5 * time.Second)
+			stepAll()
+		}
+	}
+	wait(10 * time.Minute)
+	ms[1].submit("train-new", batch)
+	gossip(ms...)
+	stepAll()
+	wait(time.Minute)
+	for _, d := range []string{"train-old", "train-new"} {
+		if s := status(d); s.State != coordinator.StatePlaced {
+			t.Fatalf("%s = %+v; want placed", d, s)
+		}
+	}
+	ms[0].submit("serve", scheduler.Request{GPUs: 1, Class: scheduler.Inference, Priority: 10})
+	gossip(ms...)
+	stepAll()
+	if s := status("serve"); s.State != coordinator.StatePlaced {
+		t.Fatalf("serve = %+v; want placed by evicting batch work", s)
+	}
+	if got := committed(cl, ids, "train-new"); got != 0 {
+		t.Errorf("train-new still holds %d replicas; want it evicted (the younger, cheaper job)", got)
+	}
+	if got := committed(cl, ids, "train-old"); got != 1 {
+		t.Errorf("train-old holds %d replicas; want 1 (the older job is spared)", got)
+	}
+	// train-new's coordinator learns at its next renewal that the node
+	// no longer holds its replica, and queues it.
+	wait(coordinator.DefaultCommitLease / 3)
+	if s := status("train-new"); s.State != coordinator.StateQueued {
+		t.Fatalf("train-new after eviction = %+v; want queued", s)
+	}
+	if s := status("serve"); s.State != coordinator.StatePlaced {
+		t.Fatalf("serve = %+v; want still placed (batch never evicts inference)", s)
+	}
+	if _, err := ms[0].store.Delete("serve", cl.Now()); err != nil {
+		t.Fatal(err)
+	}
+	gossip(ms...)
+	for i := 0; i < 5 && status("train-new").State != coordinator.StatePlaced; i++ {
+		cl.Advance(time.Second) // what the nodes last answered ages out
+		stepAll()
+	}
+	if s := status("train-new"); s.State != coordinator.StatePlaced {
+		t.Fatalf("train-new after serve was removed = %+v; want placed again", s)
+	}
+	if got := committed(cl, ids, "train-old") + committed(cl, ids, "train-new"); got != 2 {
+		t.Errorf("%d batch replicas committed; want 2", got)
+	}
+}
+
+// Batch work never evicts: a batch deployment that fits nowhere waits.
+func TestBatchDoesNotPreempt(t *testing.T) {
+	cl := coordinatortest.New([]scheduler.Node{gpuNode("a", 24)}, t0)
+	m := newMember(t, cl, "a")
+	m.submit("low", scheduler.Request{GPUs: 1, Class: scheduler.Batch})
+	m.step(cl)
+	m.submit("high", scheduler.Request{GPUs: 1, Class: scheduler.Batch, Priority: 5})
+	m.step(cl)
+	if r, _ := m.store.Get("high"); r.Status.State != coordinator.StateQueued {
+		t.Fatalf("high = %+v; want queued", r.Status)
+	}
+	if got := committed(cl, []string{"a"}, "low"); got != 1 {
+		t.Errorf("low holds %d replicas; want 1", got)
+	}
+}
+
+// listCalls runs a pool of n members, each the coordinator of about one
+// single-replica deployment, for a simulated minute with a step every
+// second, and returns the list calls the nodes served after the first
+// placement.
+func listCalls(t testing.TB, n int, cfg coordinator.Config) int {
+	var nodes []scheduler.Node
+	for i := 0; i < n; i++ {
+		nodes = append(nodes, gpuNode(fmt.Sprintf("n%02d", i), 24))
+	}
+	cl := coordinatortest.New(nodes, t0)
+	ms := make([]*member, n)
+	for i, nd := range nodes {
+		cfg.Self = nd.ID
+		c, err := coordinator.New(cfg, cl.View(nd.ID), cl.Transport(nd.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms[i] = &member{id: nd.ID, c: c, store: coordinator.NewStore(nd.ID)}
+	}
+	for i := 0; i < n; i++ {
+		ms[0].submit(fmt.Sprintf("d%02d", i), scheduler.Request{GPUs: 1, MilliGPU: 500})
+	}
+	gossip(ms...)
+	for _, m := range ms {
+		m.step(cl)
+	}
+	gossip(ms...)
+	start := cl.CallsOf(coordinator.OpList)
+	for s := 0; s < 60; s++ {
+		cl.Advance(time.Second)
+		for _, m := range ms {
+			m.step(cl)
+		}
+	}
+	all := make([]string, n)
+	for i, nd := range nodes {
+		all[i] = nd.ID
+	}
+	for i := 0; i < n; i++ {
+		if got := committed(cl, all, fmt.Sprintf("d%02d", i)); got != 1 {
+			t.Fatalf("d%02d holds %d replicas after a minute; want 1", i, got)
+		}
+	}
+	return cl.CallsOf(coordinator.OpList) - start
+}
+
+// Resyncs cost calls in proportion to the replicas, not to the square of
+// the members: a coordinator lists only the nodes that hold its
+// deployments' reservations, and every node only once a minute or when
+// the membership changes. Listing every node at every resync (the old
+// behaviour, FullResyncEvery = ResyncEvery) costs n² calls per 5 s.
+func TestResyncProportionate(t *testing.T) {
+	const n = 20
+	targeted := listCalls(t, n, coordinator.Config{})
+	full := listCalls(t, n, coordinator.Config{FullResyncEvery: coordinator.DefaultResyncEvery})
+	t.Logf("%d members, one minute: %d list calls targeted, %d listing every node", n, targeted, full)
+	// Per minute: 12 targeted resyncs of about one node per owner, and at
+	// most one full listing per owner.
+	if limit := 12*n + n*n; targeted > limit {
+		t.Errorf("%d list calls in a minute; want at most %d", targeted, limit)
+	}
+	if targeted*4 > full {
+		t.Errorf("targeted resync made %d list calls, listing every node %d; want at least 4x fewer", targeted, full)
+	}
+}

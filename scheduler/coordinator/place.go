@@ -48,6 +48,9 @@ func (p *planner) place(ctx context.Context, r Record, st *depState, missing int
 	if err := p.ensure(); err != nil {
 		return Status{State: StateQueued, Reason: err.Error()}
 	}
+	if len(r.Spec.Avoid) > 0 {
+		return p.placeAvoiding(ctx, r, st, missing)
+	}
 	req := r.Spec.Request
 	req.ID = r.ID
 	p.pool.Observe(req)
@@ -72,10 +75,120 @@ func (p *planner) place(ctx context.Context, r Record, st *depState, missing int
 			}
 		}
 	}
+	var ref *scheduler.Refusal
+	if missing > 0 && req.Class == scheduler.Inference && errors.As(last, &ref) && !ref.Never {
+		req.Replicas = missing
+		placed, err := p.preempt(ctx, r, st, req)
+		missing -= placed
+		if err != nil && placed == 0 {
+			last = err
+		}
+	}
 	if missing <= 0 {
 		return Status{State: StatePlaced}
 	}
 	return statusOf(last)
+}
+
+// preempt places the replicas of an inference request that fit nowhere by
+// evicting batch work of lower priority: it learns what the nodes hold
+// (listing them at most once per ResyncEvery), lets the scheduler choose
+// the least costly victims, and reserves each slot together with the
+// victims on its node, which the node's ledger evicts only if they are
+// evictable and the slot then fits. The victims' deployments lose those
+// replicas; their coordinators find the reservations gone and queue them
+// again until capacity returns. It returns how many replicas it placed.
+func (p *planner) preempt(ctx context.Context, r Record, st *depState, req scheduler.Request) (int, error) {
+	held := p.c.holdings(ctx, p.nodes)
+	nodes := p.pool.Nodes()
+	for i := range nodes {
+		nodes[i].Allocations = allocationsOf(nodes[i], held[nodes[i].ID], p.now)
+	}
+	pool, err := scheduler.NewPool(nodes, p.c.cfg.Scheduler)
+	if err != nil {
+		return 0, err
+	}
+	plan, err := pool.Place(req)
+	if len(plan.Replicas) == 0 || len(plan.Evictions) == 0 {
+		return 0, err
+	}
+	evict := map[string][]string{}
+	for _, e := range plan.Evictions {
+		evict[e.Node] = append(evict[e.Node], e.Allocation)
+	}
+	placed, refused := p.reserveEvicting(ctx, r, st, plan, evict)
+	for _, n := range plan.Nodes() {
+		p.refresh(n)
+	}
+	if len(refused) > 0 && placed == 0 {
+		return 0, refused[0]
+	}
+	return placed, nil
+}
+
+// allocationsOf turns what node n holds into the scheduler's allocations:
+// class and priority as reserved, cards by UUID, and a cost that grows
+// with the share held and the time it has run (as the ledger counts it).
+func allocationsOf(n scheduler.Node, held []Reservation, now time.Time) []scheduler.Allocation {
+	index := map[string]int{}
+	for i, g := range n.GPUs {
+		index[g.UUID] = i
+	}
+	out := make([]scheduler.Allocation, 0, len(held))
+	for _, h := range held {
+		a := scheduler.Allocation{ID: h.ID, Class: scheduler.Inference, Priority: h.Priority, CPUMilli: h.Slot.CPUMilli, MemoryBytes: h.Slot.MemoryBytes}
+		if h.Class == scheduler.Batch.String() {
+			a.Class = scheduler.Batch
+		}
+		var milli int
+		for _, g := range h.Slot.GPUs {
+			i, ok := index[g.UUID]
+			if !ok {
+				continue
+			}
+			a.GPUs = append(a.GPUs, scheduler.GPUShare{Index: i, UUID: g.UUID, Milli: g.Milli, VRAM: g.VRAM})
+			milli += g.Milli
+		}
+		age := 0.0
+		if !h.Since.IsZero() && now.After(h.Since) {
+			age = now.Sub(h.Since).Seconds()
+		}
+		a.Cost = float64(milli+1) * (age + 1)
+		out = append(out, a)
+	}
+	return out
+}
+
+// placeAvoiding places r in a pool of the step's nodes without those of
+// r.Spec.Avoid, then copies what that pool committed back into the step's
+// pool, so the deployments after r see it.
+func (p *planner) placeAvoiding(ctx context.Context, r Record, st *depState, missing int) Status {
+	avoid := map[string]bool{}
+	for _, id := range r.Spec.Avoid {
+		avoid[id] = true
+	}
+	var keep []scheduler.Node
+	for _, n := range p.pool.Nodes() {
+		if !avoid[n.ID] {
+			keep = append(keep, n)
+		}
+	}
+	if len(keep) == 0 {
+		return Status{State: StateQueued, Reason: "every node is avoided"}
+	}
+	sub, err := scheduler.NewPool(keep, p.c.cfg.Scheduler)
+	if err != nil {
+		return Status{State: StateQueued, Reason: err.Error()}
+	}
+	main := p.pool
+	p.pool = sub
+	r.Spec.Avoid = nil
+	s := p.place(ctx, r, st, missing)
+	p.pool = main
+	for _, n := range sub.Nodes() {
+		_ = main.Update(n)
+	}
+	return s
 }
 
 // refresh replaces node id in the pool with what it last reported; a node
@@ -125,6 +238,13 @@ func statusOf(err error) Status {
 // it committed in st and in the step's pool, and returns how many replicas
 // it placed and the refusals (or unreachable nodes) it met.
 func (p *planner) reserve(ctx context.Context, r Record, st *depState, plan scheduler.Plan) (int, []error) {
+	return p.reserveEvicting(ctx, r, st, plan, nil)
+}
+
+// reserveEvicting is reserve where the reserve calls on a node also name
+// evict[node], the reservations the node may evict to make room. What the
+// nodes evicted is forgotten by the deployments this coordinator owns.
+func (p *planner) reserveEvicting(ctx context.Context, r Record, st *depState, plan scheduler.Plan, evict map[string][]string) (int, []error) {
 	c := p.c
 	groups := make([][]scheduler.Replica, 0, len(plan.Replicas))
 	if r.Spec.Request.Gang {
@@ -148,9 +268,11 @@ func (p *planner) reserve(ctx context.Context, r Record, st *depState, plan sche
 					Deployment: r.ID,
 					Holder:     c.cfg.Self,
 					Priority:   r.Spec.Request.Priority,
+					Class:      r.Spec.Request.Class.String(),
 					Slot:       slot,
 				}
-				a, err := c.call(ctx, slot.Node, Call{Op: OpReserve, Reservation: &res, LeaseMillis: c.cfg.HoldLease.Milliseconds()})
+				a, err := c.call(ctx, slot.Node, Call{Op: OpReserve, Reservation: &res, LeaseMillis: c.cfg.HoldLease.Milliseconds(), Evict: evict[slot.Node]})
+				c.evicted(slot.Node, a.Evicted)
 				switch {
 				case err != nil:
 					fail = &Refused{Node: slot.Node, Resource: "unreachable", Want: 0, Free: 0}

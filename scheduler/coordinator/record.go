@@ -61,6 +61,14 @@ type Spec struct {
 	// Request.Replicas; the coordinator only honours it).
 	ScaleToZero bool          `json:"scale_to_zero,omitempty"`
 	IdleTimeout time.Duration `json:"idle_timeout,omitempty"`
+	// Owner is the peer ID of the identity that submitted the deployment:
+	// the consumer its replicas' usage receipts bill.
+	Owner string `json:"owner,omitempty"`
+	// Avoid names nodes that new replicas must not be placed on in this
+	// step: the caller of Step fills it (nodes where the deployment just
+	// failed, while their backoff lasts) and it never travels with the
+	// record. Replicas already there stay.
+	Avoid []string `json:"-"`
 }
 
 // Desired is the number of replicas the spec asks for (0 when deleted, or

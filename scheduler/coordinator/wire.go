@@ -41,11 +41,18 @@ type Reservation struct {
 	// Holder is the coordinator that placed it (a peer ID).
 	Holder   string `json:"holder,omitempty"`
 	Priority int    `json:"priority,omitempty"`
+	// Class is the work's class ("batch" or "inference"): batch work of
+	// lower priority may be evicted by an inference reservation. Empty is
+	// never evicted.
+	Class string `json:"class,omitempty"`
 	// Slot is what it takes of the node: GPU shares by UUID, CPU, memory,
 	// disk. Slot.Node is the node that holds it.
 	Slot    scheduler.Slot `json:"slot"`
 	State   string         `json:"state,omitempty"`
 	Expires time.Time      `json:"expires,omitzero"`
+	// Since is when the node admitted it (as listed): the age that makes
+	// evicting it costly.
+	Since time.Time `json:"since,omitzero"`
 }
 
 // Call is one request to a node.
@@ -56,6 +63,10 @@ type Call struct {
 	Deployment  string       `json:"deployment,omitempty"`
 	// Lease is how long a reserve, commit or renew holds, in milliseconds.
 	LeaseMillis int64 `json:"lease_ms,omitempty"`
+	// Evict names reservations a reserve may evict to make room: batch
+	// work of lower priority than the reservation (the node refuses the
+	// reserve otherwise, and evicts nothing). Unknown IDs are skipped.
+	Evict []string `json:"evict,omitempty"`
 }
 
 // Answer is a node's reply to a Call.
@@ -67,6 +78,8 @@ type Answer struct {
 	Unknown []string `json:"unknown,omitempty"`
 	// Reservations answers a list.
 	Reservations []Reservation `json:"reservations,omitempty"`
+	// Evicted lists the reservations a reserve evicted.
+	Evicted []string `json:"evicted,omitempty"`
 	// Free is the node's unpromised capacity after the call.
 	Free *Free `json:"free,omitempty"`
 	// Error is a call the node could not serve at all (a malformed claim).

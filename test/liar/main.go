@@ -98,7 +98,7 @@ func (c corrupting) Handle(pid protocol.ID, h network.StreamHandler) {
 
 // lyingStream follows the server's frames (9-byte header: type, a, b as
 // big-endian uint32, then b bytes) and flips the first payload byte of
-// each 'D' (chunk) frame.
+// each 'D' or 'S' (chunk) frame.
 type lyingStream struct {
 	network.Stream
 	hdr     []byte // header bytes seen of the current frame
@@ -114,7 +114,7 @@ func (s *lyingStream) Write(p []byte) (int, error) {
 			s.hdr = append(s.hdr, out[i])
 			i++
 			if len(s.hdr) == 9 {
-				s.isChunk = s.hdr[0] == 'D'
+				s.isChunk = s.hdr[0] == 'D' || s.hdr[0] == 'S'
 				s.left = binary.BigEndian.Uint32(s.hdr[5:9])
 				s.flipped = false
 				s.hdr = s.hdr[:0]

@@ -32,6 +32,7 @@ type Cluster struct {
 	// Announce instead of the ledgers' current one.
 	stale bool
 	calls int
+	byOp  map[coordinator.Op]int
 }
 
 type node struct {
@@ -44,7 +45,7 @@ type node struct {
 // New builds a cluster of nodes (their free values are ignored: every node
 // starts empty) at time start.
 func New(nodes []scheduler.Node, start time.Time) *Cluster {
-	c := &Cluster{now: start, nodes: map[string]*node{}, cut: map[[2]string]bool{}}
+	c := &Cluster{now: start, nodes: map[string]*node{}, cut: map[[2]string]bool{}, byOp: map[coordinator.Op]int{}}
 	for _, n := range nodes {
 		capa := ledger.Capacity{CPUMilli: n.CPUCapacity, MemoryBytes: int64(n.MemoryCapacity), DiskBytes: int64(n.DiskBytes)}
 		if capa.CPUMilli == 0 {
@@ -131,6 +132,13 @@ func (c *Cluster) Calls() int {
 	return c.calls
 }
 
+// CallsOf counts the calls of one operation that reached a node.
+func (c *Cluster) CallsOf(op coordinator.Op) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byOp[op]
+}
+
 // Ledger lists node id's reservations.
 func (c *Cluster) Ledger(id string) []ledger.Reservation {
 	c.mu.Lock()
@@ -177,6 +185,7 @@ func (t transport) Call(ctx context.Context, to string, call coordinator.Call) (
 		return coordinator.Answer{}, fmt.Errorf("%w: %s to %s", ErrUnreachable, t.from, to)
 	}
 	c.calls++
+	c.byOp[call.Op]++
 	a := Serve(n.led, c.now, call)
 	if !c.stale {
 		n.announced = freeOf(n.led)
@@ -240,7 +249,18 @@ func Serve(l *ledger.Ledger, now time.Time, call coordinator.Call) coordinator.A
 		for _, g := range r.Slot.GPUs {
 			claim.GPUs = append(claim.GPUs, ledger.GPUClaim{UUID: g.UUID, Milli: int64(g.Milli), VRAMBytes: int64(g.VRAM)})
 		}
-		err := l.Reserve(now, ledger.Reservation{ID: r.ID, Deployment: r.Deployment, Holder: r.Holder, Priority: ledger.Priority(r.Priority), Claim: claim}, lease)
+		lr := ledger.Reservation{ID: r.ID, Deployment: r.Deployment, Holder: r.Holder, Priority: ledger.Priority(r.Priority),
+			Preemptible: r.Class == scheduler.Batch.String(), Claim: claim}
+		var err error
+		if len(call.Evict) > 0 {
+			var gone []ledger.Reservation
+			gone, err = l.ReserveEvicting(now, lr, lease, call.Evict)
+			for _, g := range gone {
+				a.Evicted = append(a.Evicted, g.ID)
+			}
+		} else {
+			err = l.Reserve(now, lr, lease)
+		}
 		var ie *ledger.InsufficientError
 		switch {
 		case errors.As(err, &ie):
@@ -275,7 +295,7 @@ func Serve(l *ledger.Ledger, now time.Time, call coordinator.Call) coordinator.A
 			}
 			a.Reservations = append(a.Reservations, coordinator.Reservation{
 				ID: r.ID, Deployment: r.Deployment, Holder: r.Holder, Priority: int(r.Priority),
-				Slot: slot, State: string(r.State), Expires: r.Expires,
+				Class: classOf(r), Slot: slot, State: string(r.State), Expires: r.Expires, Since: r.Since,
 			})
 		}
 		sort.Slice(a.Reservations, func(i, j int) bool { return a.Reservations[i].ID < a.Reservations[j].ID })
@@ -285,4 +305,12 @@ func Serve(l *ledger.Ledger, now time.Time, call coordinator.Call) coordinator.A
 	f := freeOf(l)
 	a.Free = &f
 	return a
+}
+
+// classOf is the class a listed reservation reports.
+func classOf(r ledger.Reservation) string {
+	if r.Preemptible {
+		return scheduler.Batch.String()
+	}
+	return scheduler.Inference.String()
 }
