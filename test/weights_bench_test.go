@@ -52,8 +52,8 @@ func BenchmarkWeightsFetch1GiB(b *testing.B) {
 		b.ReportMetric(gb(raw), "GB/s-rawtcp")
 		b.ReportMetric(gb(web), "GB/s-http")
 		b.ReportMetric(gb(pull)/gb(raw), "pull/rawtcp")
-		b.Logf("%d bytes: pull %v (%.2f GB/s, %d peers), raw TCP %v (%.2f GB/s), HTTP %v (%.2f GB/s)",
-			total, pull.Round(time.Millisecond), gb(pull), r.Peers, raw.Round(time.Millisecond), gb(raw), web.Round(time.Millisecond), gb(web))
+		b.Logf("%d bytes: pull %v (%.2f GB/s, %d peers, sessions by transport %v), raw TCP %v (%.2f GB/s), HTTP %v (%.2f GB/s)",
+			total, pull.Round(time.Millisecond), gb(pull), r.Peers, r.Transports, raw.Round(time.Millisecond), gb(raw), web.Round(time.Millisecond), gb(web))
 	}
 }
 
@@ -166,8 +166,10 @@ const shapedRate = "400mbit"
 // downloads at most 50 MB/s). One seeder holds four 256 MiB models; for
 // N = 1, 2, 4, 8 it pulls a fresh model on N nodes at once and reports the
 // wall time until the last finishes and the bytes the seeder's link
-// carried up. Targets: N = 8 within 2x the time of N = 1, the seeder
-// uploading at most 1.5x the model's size at N = 8.
+// carried up, and the CPU time all daemons spent per GiB the fetchers
+// received (the nodes share this machine's cores, so at large N the wall
+// time follows the CPU). Targets: N = 8 within 2x the time of N = 1, the
+// seeder uploading at most 1.5x the model's size at N = 8.
 //
 // It needs root and iproute2 (`ip`, `tc`: apt-get install -y iproute2),
 // and skips with a message without them. Everything it creates is removed
@@ -210,14 +212,20 @@ func BenchmarkWeightsShaped(b *testing.B) {
 		for k, n := range []int{1, 2, 4, 8} {
 			id := ids[k]
 			up0 := sn.rxBytes(b, 0)
+			cpu0 := daemonsCPU(b, append(nodes, seeder))
 			t0 := time.Now()
 			var wg sync.WaitGroup
 			errs := make([]error, n)
+			res := make([]PullResult, n)
 			for j := 0; j < n; j++ {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					if _, stderr, err := Run(b, "--home", nodes[j].Home, "weights", "pull", id); err != nil {
+					out, stderr, err := Run(b, "--home", nodes[j].Home, "weights", "pull", id, "-o", "json")
+					if err == nil {
+						err = json.Unmarshal([]byte(out), &res[j])
+					}
+					if err != nil {
 						errs[j] = fmt.Errorf("%v: %s", err, stderr)
 					}
 				}()
@@ -225,6 +233,7 @@ func BenchmarkWeightsShaped(b *testing.B) {
 			wg.Wait()
 			wall := time.Since(t0)
 			up := sn.rxBytes(b, 0) - up0
+			cpu := daemonsCPU(b, append(nodes, seeder)) - cpu0
 			for _, err := range errs {
 				if err != nil {
 					b.Fatalf("N=%d: pull: %v", n, err)
@@ -233,15 +242,51 @@ func BenchmarkWeightsShaped(b *testing.B) {
 			if n == 1 {
 				n1 = wall
 			}
+			var fetched, wasted int64
+			transports := map[string]int{}
+			for _, r := range res {
+				fetched += r.FetchedBytes
+				wasted += r.WastedBytes
+				for t, k := range r.Transports {
+					transports[t] += k
+				}
+			}
 			size := float64(256 << 20)
+			perGiB := cpu.Seconds() / (float64(n) * size / (1 << 30))
 			b.ReportMetric(wall.Seconds(), fmt.Sprintf("s/N=%d", n))
 			b.ReportMetric(float64(up)/size, fmt.Sprintf("seeder-up/model/N=%d", n))
-			b.Logf("N=%d: wall %v (%.2fx N=1), seeder uploaded %d bytes (%.2fx the model)", n, wall.Round(10*time.Millisecond), wall.Seconds()/n1.Seconds(), up, float64(up)/size)
+			b.ReportMetric(perGiB, fmt.Sprintf("cpu-s/GiB/N=%d", n))
+			b.Logf("N=%d: wall %v (%.2fx N=1), seeder uploaded %d bytes (%.2fx the model), fetchers received %d bytes (%d wasted; sessions by transport %v), daemons' CPU %v (%.2f s per GiB fetched)",
+				n, wall.Round(10*time.Millisecond), wall.Seconds()/n1.Seconds(), up, float64(up)/size, fetched, wasted, transports, cpu.Round(10*time.Millisecond), perGiB)
 		}
 		for _, n := range append(nodes, seeder) {
 			n.Stop()
 		}
 	}
+}
+
+// daemonsCPU is the user+system CPU time the daemons have used so far
+// (from /proc/PID/stat, in clock ticks of 10 ms).
+func daemonsCPU(tb testing.TB, nodes []*Node) time.Duration {
+	tb.Helper()
+	var ticks int64
+	for _, n := range nodes {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.PID))
+		if err != nil {
+			tb.Fatalf("daemon CPU: %v", err)
+		}
+		// Fields after the command name (which ends at the last ')'):
+		// state is field 3, utime 14, stime 15.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) < 13 {
+			tb.Fatalf("daemon CPU: short /proc/%d/stat", n.PID)
+		}
+		var ut, st int64
+		fmt.Sscan(f[11], &ut)
+		fmt.Sscan(f[12], &st)
+		ticks += ut + st
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 // shapedNet is a hub namespace with a bridge and one namespace per node.

@@ -44,6 +44,8 @@ type PullResult struct {
 	Peers        int      `json:"peers"`
 	Banned       []string `json:"banned"`
 	ElapsedSec   float64  `json:"elapsed_s"`
+	// Transports counts chunk sessions per transport ("tcp", "quic-v1").
+	Transports map[string]int `json:"transports"`
 }
 
 // GenModel writes a model in the Hugging Face layout under a new temp dir:

@@ -18,7 +18,8 @@
 //     List/Stat/Complete describe what is held; Pin/Unpin, Remove, Evict
 //     and Config.MaxBytes govern space; Verify re-hashes a model.
 //   - Serve answers other members' manifest and chunk requests over
-//     Protocol, from complete models and from downloads in progress.
+//     Protocol, from complete models (super-seeding: each chunk to one
+//     fetcher first, see seeding) and from downloads in progress.
 //   - A Fetcher (NewFetcher) pulls a model from providers found in the
 //     pool's DHT and among the members that ask it for the same model:
 //     rarest chunk first, a peer holding the whole model asked last while

@@ -224,6 +224,7 @@ func (f *Fetcher) Fetch(ctx context.Context, id string, progress func(Progress))
 	ft.prog.resumed = ft.prog.DoneBytes
 	ft.stats.ResumedBytes = ft.prog.DoneBytes
 	ft.pk = newPicker(p.have, f.cfg.MaxDup, f.cfg.rotation(len(p.have)))
+	ft.pk.endGameLeft = f.cfg.Pipeline
 	err = ft.run(ctx)
 	ft.stats.FetchedBytes, ft.stats.WastedBytes = ft.fetched, ft.wasted
 	ft.stats.Banned = f.Banned(id)
@@ -468,6 +469,9 @@ func (ft *fetch) run(ctx context.Context) error {
 			ft.mu.Lock()
 			ft.active--
 			delete(ft.running, d.p)
+			// It may have been a peer some seed pointed us at.
+			ft.pk.lapseDeclined(func(q peer.ID) bool { return q != d.p })
+			ft.changedLocked()
 			ft.mu.Unlock()
 			if d.err != nil && ctx.Err() == nil {
 				ft.f.log.Debug("peer dropped", "id", ft.id, "peer", d.p, "err", d.err)
@@ -484,6 +488,10 @@ func (ft *fetch) run(ctx context.Context) error {
 			tick.Reset(every)
 			ft.mu.Lock()
 			want := ft.active < cfg.MaxPeers && !ft.pk.done()
+			// Pointers to peers we never reached (not let in, or out
+			// of attempts) lapse here.
+			ft.pk.lapseDeclined(func(q peer.ID) bool { return ft.running[q] })
+			ft.changedLocked()
 			ft.mu.Unlock()
 			if want {
 				lookup()
@@ -532,7 +540,12 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 			_ = s.Close()
 		}
 	}()
-	if _, err := s.Write(encodeHello(hello{op: opGet, id: ft.id})); err != nil {
+	// The hello, then our have-map; from here on every chunk we gain is
+	// announced to this server too (see the forwarder below).
+	subs, ours := ft.p.subscribe()
+	defer ft.p.unsubscribe(subs)
+	hb := append(encodeHello(hello{op: opGet, id: ft.id}), opHaveMap)
+	if _, err := s.Write(append(hb, ours...)); err != nil {
 		return err
 	}
 	ft.mu.Lock()
@@ -574,6 +587,10 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 	if _, err := io.ReadFull(r, bf); err != nil {
 		return err
 	}
+	if _, err := decodeHaveMap(bf, n); err != nil {
+		ft.f.ban(ft.id, p)
+		return err
+	}
 	ft.mu.Lock()
 	ft.pk.addPeer(p, bf)
 	ft.prog.Peers++
@@ -589,12 +606,12 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 	// A worker verifies and stores each chunk while the reader takes the
 	// next one off the stream: recvBuffers buffers pass between them.
 	type recvd struct {
-		i         int
+		asked, i  int
 		data, buf []byte
 	}
 	free := make(chan []byte, recvBuffers)
 	for range recvBuffers {
-		free <- make([]byte, l.m.ChunkSize)
+		free <- getChunkBuf(l.m.ChunkSize)
 	}
 	work := make(chan recvd, recvBuffers)
 	werr := make(chan error, 1)
@@ -605,7 +622,7 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 		failed := false
 		for w := range work {
 			if !failed {
-				if err := ft.take(p, w.i, w.data); err != nil {
+				if err := ft.take(p, w.asked, w.i, w.data); err != nil {
 					failed = true
 					werr <- err
 					_ = s.Reset() // the reader stops at its next read
@@ -617,6 +634,9 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 	defer func() {
 		close(work)
 		wwg.Wait()
+		for len(free) > 0 {
+			putChunkBuf(<-free)
+		}
 		select {
 		case e := <-werr:
 			err = e
@@ -624,7 +644,56 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 		}
 	}()
 
-	sent := map[int]bool{} // requested and not yet read off the stream
+	// Writes to the stream: requests from this goroutine, haves from the
+	// forwarder, each message whole.
+	var wmu sync.Mutex
+	write := func(b []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_, err := s.Write(b)
+		return err
+	}
+	// The forwarder tells the server every chunk this fetch gains, from
+	// any peer: a server holding the whole model hands out what no
+	// fetcher holds yet (super-seeding). It ends with the session.
+	fwdStop := make(chan struct{})
+	var fwg sync.WaitGroup
+	fwg.Add(1)
+	go func() {
+		defer fwg.Done()
+		var msgs []byte
+		for {
+			select {
+			case i, ok := <-subs:
+				if !ok {
+					return
+				}
+				msgs = msgs[:0]
+				for more := true; more; {
+					m := encodeClientMsg(opHave, uint32(i))
+					msgs = append(msgs, m[:]...)
+					select {
+					case i, more = <-subs:
+					default:
+						more = false
+					}
+				}
+				if write(msgs) != nil {
+					return
+				}
+			case <-fwdStop:
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(fwdStop)
+		fwg.Wait()
+	}()
+
+	// Requested and not yet answered, oldest first: the server answers
+	// in order, each with the chunk asked for ('D') or another ('S').
+	var sent []int
 	var reqBuf []byte
 	// fill asks for more chunks up to the pipeline depth. It reports
 	// whether this peer is finished with: nothing owed, nothing to ask for
@@ -641,14 +710,14 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 			}
 			rq := encodeChunkRequest(uint32(i))
 			reqBuf = append(reqBuf, rq[:]...)
-			sent[i] = true
+			sent = append(sent, i)
 		}
 		owed := ft.pk.inFlight(p)
 		pp := ft.pk.peers[p]
 		finished := ft.pk.done() || owed == 0 && pp.nhas == n && !ft.pk.useful(p)
 		ft.mu.Unlock()
 		if len(reqBuf) > 0 {
-			if _, err := s.Write(reqBuf); err != nil {
+			if err := write(reqBuf); err != nil {
 				return false, err
 			}
 		}
@@ -694,32 +763,55 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 				return err
 			}
 			return &remoteError{code: h.a, msg: string(b)}
-		case frData:
+		case frHint:
+			b := make([]byte, h.b)
+			if _, err := io.ReadFull(r, b); err != nil {
+				return err
+			}
+			q, err := decodeHint(b)
+			if err != nil || len(sent) == 0 || sent[0] != int(h.a) {
+				ft.f.ban(ft.id, p)
+				return fmt.Errorf("%w: peer hint for chunk %d: %v", ErrProtocol, h.a, err)
+			}
+			sent = sent[1:]
+			ft.mu.Lock()
+			once := ft.pk.declined(p, int(h.a), q)
+			ft.changedLocked()
+			ft.mu.Unlock()
+			if !once {
+				ft.f.ban(ft.id, p)
+				return fmt.Errorf("%w: pointed elsewhere twice for chunk %d", ErrProtocol, h.a)
+			}
+			ft.p.offerPeer(q) // the fetch opens a session to it
+		case frData, frSubst:
 			i := int(h.a)
-			if !sent[i] {
+			if len(sent) == 0 || h.typ == frData && sent[0] != i {
 				ft.f.ban(ft.id, p)
 				return fmt.Errorf("%w: unrequested chunk %d", ErrProtocol, i)
 			}
-			delete(sent, i)
+			asked := sent[0]
+			sent = sent[1:]
 			buf := <-free // the worker always hands buffers back
 			data := buf[:h.b]
 			if _, err := io.ReadFull(r, data); err != nil {
 				free <- buf
 				return err
 			}
-			work <- recvd{i, data, buf}
+			work <- recvd{asked, i, data, buf}
 		default:
 			return fmt.Errorf("%w: unexpected frame %q", ErrProtocol, h.typ)
 		}
 	}
 }
 
-// take verifies chunk i from p and stores it: a bad chunk bans p.
-func (ft *fetch) take(p peer.ID, i int, data []byte) error {
+// take verifies chunk i from p, sent for the request for asked (i itself
+// or, from a super-seeding server, another), and stores it: a bad chunk
+// bans p.
+func (ft *fetch) take(p peer.ID, asked, i int, data []byte) error {
 	if !ft.p.l.verifyChunk(i, data) {
 		ft.f.ban(ft.id, p)
 		ft.mu.Lock()
-		ft.pk.received(p, i, false)
+		ft.pk.answered(p, asked, i, false)
 		ft.fetched += int64(len(data))
 		ft.wasted += int64(len(data))
 		ft.changedLocked()
@@ -732,7 +824,7 @@ func (ft *fetch) take(p peer.ID, i int, data []byte) error {
 	ft.fetched += int64(len(data))
 	// The partial is the judge of new versus duplicate: two peers may
 	// deliver the same end-game chunk at once.
-	ft.pk.received(p, i, werr == nil)
+	ft.pk.answered(p, asked, i, werr == nil)
 	ft.changedLocked()
 	if !wrote {
 		ft.wasted += int64(len(data))

@@ -27,15 +27,24 @@ type partial struct {
 	id string
 	l  *layout
 
-	mu     sync.Mutex
-	cond   *sync.Cond
-	have   []bool // per chunk, verified and written
-	nhave  int
-	files  []*pfile
-	subs   map[chan int]struct{}
-	failed error // set by abort: wakes and stops finish
-	refs   int   // owner plus server sessions; files close at 0
-	closed bool  // the owner is done: subscriptions are closed
+	mu    sync.Mutex
+	cond  *sync.Cond
+	have  []bool // per chunk, verified and written
+	nhave int
+	// fresh marks the chunks this process verified itself while it held
+	// this partial (written after verification in memory, or re-read and
+	// verified on resume): read serves them without hashing them again.
+	// Chunks of complete blobs are not fresh: the disk under them may rot.
+	fresh []bool
+	// writing marks chunks a write is storing: a duplicate arriving
+	// meanwhile (end game, a substitute) is dropped, not written twice
+	// (its file may become a blob as soon as the first write is done).
+	writing []bool
+	files   []*pfile
+	subs    map[chan int]struct{}
+	failed  error // set by abort: wakes and stops finish
+	refs    int   // owner plus server sessions; files close at 0
+	closed  bool  // the owner is done: subscriptions are closed
 
 	// peers receives the members the server is sending this download's
 	// chunks to (nil for a complete model): they fetch it too, so the
@@ -71,6 +80,8 @@ func (s *Store) openPartial(id string) (*partial, error) {
 	p := &partial{s: s, id: id, l: newLayout(m), subs: map[chan int]struct{}{}, refs: 1, peers: make(chan peer.ID, 16)}
 	p.cond = sync.NewCond(&p.mu)
 	p.have = make([]bool, len(p.l.chunks))
+	p.fresh = make([]bool, len(p.l.chunks))
+	p.writing = make([]bool, len(p.l.chunks))
 	s.active[id] = p
 	s.mu.Unlock()
 	for i, f := range m.Files {
@@ -128,6 +139,7 @@ func (p *partial) openFile(i int, f File) (*pfile, error) {
 			}
 			if p.l.verifyChunk(c, buf[:ch.n]) {
 				p.have[c] = true
+				p.fresh[c] = true
 				p.nhave++
 			}
 		}
@@ -155,13 +167,14 @@ func (p *partial) has(i int) bool {
 func (p *partial) bitfield() []byte {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	bf := make([]byte, (len(p.have)+7)/8)
-	for i, h := range p.have {
-		if h {
-			bf[i/8] |= 0x80 >> (i % 8)
-		}
-	}
-	return bf
+	return encodeHaveMap(p.have)
+}
+
+// whole reports whether every chunk is held.
+func (p *partial) whole() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.nhave == len(p.have)
 }
 
 // haveBytes is the size of the chunks held.
@@ -215,11 +228,23 @@ func (p *partial) unsubscribe(ch chan int) {
 }
 
 // write stores chunk i, which the caller has verified. A chunk already
-// held is ignored (end-game duplicates). It reports whether it wrote.
-func (p *partial) write(i int, data []byte) (bool, error) {
-	if p.has(i) {
+// held, or being written, is ignored (end-game duplicates, substitutes).
+// It reports whether it wrote.
+func (p *partial) write(i int, data []byte) (wrote bool, err error) {
+	p.mu.Lock()
+	if p.have[i] || p.writing[i] {
+		p.mu.Unlock()
 		return false, nil
 	}
+	p.writing[i] = true
+	p.mu.Unlock()
+	defer func() {
+		if err != nil {
+			p.mu.Lock()
+			p.writing[i] = false
+			p.mu.Unlock()
+		}
+	}()
 	c := p.l.chunks[i]
 	pf := p.files[c.file]
 	if h := p.s.writeHook; h != nil {
@@ -248,6 +273,7 @@ func (p *partial) write(i int, data []byte) (bool, error) {
 		return false, nil
 	}
 	p.have[i] = true
+	p.fresh[i] = true
 	p.nhave++
 	for ch := range p.subs {
 		select {
@@ -259,9 +285,13 @@ func (p *partial) write(i int, data []byte) (bool, error) {
 	return true, nil
 }
 
-// read returns chunk i into buf after checking it against its hash.
+// read returns chunk i into buf after checking it against its hash,
+// unless this process verified it itself (fresh).
 func (p *partial) read(i int, buf []byte) ([]byte, error) {
-	if !p.has(i) {
+	p.mu.Lock()
+	held, fresh := p.have[i], p.fresh != nil && p.fresh[i]
+	p.mu.Unlock()
+	if !held {
 		return nil, fmt.Errorf("%w: chunk %d not held", ErrIncomplete, i)
 	}
 	c := p.l.chunks[i]
@@ -269,7 +299,7 @@ func (p *partial) read(i int, buf []byte) ([]byte, error) {
 	if _, err := p.files[c.file].f.ReadAt(buf, c.off); err != nil && !(errors.Is(err, io.EOF) && c.n == 0) {
 		return nil, fmt.Errorf("weightcache: reading chunk %d: %w", i, err)
 	}
-	if !p.l.verifyChunk(i, buf) {
+	if !fresh && !p.l.verifyChunk(i, buf) {
 		return nil, fmt.Errorf("%w: stored chunk %d of %s", ErrHashMismatch, i, p.id)
 	}
 	return buf, nil
@@ -380,6 +410,7 @@ func (p *partial) dropFile(fi int) {
 	_ = os.Remove(pp)
 	p.mu.Lock()
 	for c := p.l.first[fi]; c < p.l.first[fi+1]; c++ {
+		p.fresh[c], p.writing[c] = false, false
 		if p.have[c] {
 			p.have[c] = false
 			p.nhave--

@@ -15,10 +15,12 @@ import (
 // whole-file hash can follow, while fetchers that start at different places
 // hold different chunks to trade from the first seconds; with one start for
 // all, every fetcher asks the first copy for the same chunks). End
-// game: once every missing chunk has been asked for, a peer with room in
-// its pipeline is given a chunk already in flight elsewhere (the least
-// duplicated, at most maxDup requests per chunk), so a slow or stalled
-// peer does not hold up the tail.
+// game: once every missing chunk has been asked for and at most
+// endGameLeft are missing, a peer with room in its pipeline is given a
+// chunk already in flight elsewhere (the least duplicated, at most maxDup
+// requests per chunk), so a slow or stalled peer does not hold up the
+// tail. (With many peers every missing chunk is in flight long before the
+// tail: duplicates then would only spend links and CPU.)
 //
 // Seeds last: a peer that holds every chunk (the first copy, usually the
 // swarm's bottleneck uplink) is asked only for chunks no partial peer we
@@ -29,6 +31,11 @@ import (
 // hold comes from them; the seed's uplink goes to chunks nobody else has.
 // With no partial peer to trade with, a seed is asked in index order from
 // the start like anyone else.
+//
+// A super-seeding server may answer a request with another chunk
+// (answered) or with a pointer to a peer that has it (declined): the
+// chunk is not asked of that server again while the peer pointed at is
+// around (see lapseDeclined).
 type picker struct {
 	have   []bool
 	avail  []int // live peers that have each chunk
@@ -37,8 +44,12 @@ type picker struct {
 	left   int   // chunks not held
 	peers  map[peer.ID]*pickPeer
 	maxDup int
-	start  int // index the scan for the rarest chunk begins at
-	rng    *rand.Rand
+	// endGameLeft: the end game starts only with this many chunks or
+	// fewer missing (0: as soon as every missing chunk is asked for).
+	// The fetch sets one pipeline's worth, what a stalled peer can hold.
+	endGameLeft int
+	start       int // index the scan for the rarest chunk begins at
+	rng         *rand.Rand
 }
 
 // seedPipeline is how many requests a seed may have from this fetcher
@@ -55,6 +66,12 @@ type pickPeer struct {
 	has  []bool
 	nhas int
 	reqs map[int]bool
+	// decl: chunks this peer pointed us elsewhere for, and where; not
+	// asked of it again until the pointer lapses.
+	decl map[int]peer.ID
+	// pointed: chunks it ever pointed elsewhere for in this session (a
+	// server points once per chunk; asked again, it sends).
+	pointed map[int]bool
 }
 
 func newPicker(have []bool, maxDup, start int) *picker {
@@ -76,7 +93,7 @@ func (pk *picker) done() bool { return pk.left == 0 }
 
 // addPeer registers p with its have-map (bit i MSB-first = chunk i).
 func (pk *picker) addPeer(p peer.ID, bf []byte) {
-	pp := &pickPeer{has: make([]bool, len(pk.have)), reqs: map[int]bool{}}
+	pp := &pickPeer{has: make([]bool, len(pk.have)), reqs: map[int]bool{}, decl: map[int]peer.ID{}, pointed: map[int]bool{}}
 	for i := range pp.has {
 		if bf[i/8]&(0x80>>(i%8)) != 0 {
 			pp.has[i] = true
@@ -119,6 +136,7 @@ func (pk *picker) removePeer(p peer.ID) {
 		pk.flight[i]--
 	}
 	delete(pk.peers, p)
+	pk.lapseDeclined(func(q peer.ID) bool { return q != p })
 }
 
 // gotHave records that p now has chunk i.
@@ -171,7 +189,7 @@ func (pk *picker) next(p peer.ID) (int, bool) {
 	n := len(pp.has)
 	for j := range n {
 		i := (pk.start + j) % n
-		if !pp.has[i] || pk.have[i] || pp.reqs[i] {
+		if !pp.has[i] || pk.have[i] || pp.reqs[i] || pp.declined(i) {
 			continue
 		}
 		if pk.flight[i] == 0 {
@@ -194,6 +212,9 @@ func (pk *picker) next(p peer.ID) (int, bool) {
 // least duplicated first, or -1: only when nothing anywhere is left
 // unasked.
 func (pk *picker) endGame(pp *pickPeer) int {
+	if pk.endGameLeft > 0 && pk.left > pk.endGameLeft {
+		return -1
+	}
 	for i, h := range pk.have {
 		if !h && pk.flight[i] == 0 {
 			return -1
@@ -201,7 +222,7 @@ func (pk *picker) endGame(pp *pickPeer) int {
 	}
 	best := -1
 	for i, h := range pp.has {
-		if !h || pk.have[i] || pp.reqs[i] || pk.flight[i] >= pk.maxDup {
+		if !h || pk.have[i] || pp.reqs[i] || pp.declined(i) || pk.flight[i] >= pk.maxDup {
 			continue
 		}
 		if best < 0 || pk.flight[i] < pk.flight[best] {
@@ -223,7 +244,7 @@ func (pk *picker) nextFromSeed(pp *pickPeer) (i int, ok, trade bool) {
 		}
 		if pk.part[i] > 0 {
 			trade = true
-		} else if pk.flight[i] == 0 && !pp.reqs[i] {
+		} else if pk.flight[i] == 0 && !pp.reqs[i] && !pp.declined(i) {
 			cands = append(cands, i)
 		}
 	}
@@ -257,16 +278,65 @@ func (pk *picker) ask(pp *pickPeer, i int) {
 // chunk verified. It reports whether the chunk is new (not an end-game
 // duplicate).
 func (pk *picker) received(p peer.ID, i int, ok bool) bool {
-	if pp := pk.peers[p]; pp != nil && pp.reqs[i] {
+	return pk.answered(p, i, i, ok)
+}
+
+// answered records that p answered its request for chunk asked with
+// chunk got (another chunk when a super-seeding server substitutes); ok
+// says got verified. It reports whether got is new.
+func (pk *picker) answered(p peer.ID, asked, got int, ok bool) bool {
+	if pp := pk.peers[p]; pp != nil && pp.reqs[asked] {
+		delete(pp.reqs, asked)
+		pk.flight[asked]--
+	}
+	if !ok || pk.have[got] {
+		return false
+	}
+	pk.have[got] = true
+	pk.left--
+	return true
+}
+
+func (pp *pickPeer) declined(i int) bool {
+	_, ok := pp.decl[i]
+	return ok
+}
+
+// declined records that p answered its request for chunk i by pointing
+// at peer q, which has it or was sent it. It reports false when p had
+// pointed elsewhere for i before (the protocol allows once per chunk: a
+// peer that keeps pointing would never serve).
+func (pk *picker) declined(p peer.ID, i int, q peer.ID) bool {
+	pp := pk.peers[p]
+	if pp == nil {
+		return true
+	}
+	if pp.reqs[i] {
 		delete(pp.reqs, i)
 		pk.flight[i]--
 	}
-	if !ok || pk.have[i] {
+	if pp.pointed[i] {
 		return false
 	}
-	pk.have[i] = true
-	pk.left--
+	pp.pointed[i] = true
+	pp.decl[i] = q
 	return true
+}
+
+// lapseDeclined drops the pointers to peers that keep rejects, so those
+// chunks may be asked of the peers that pointed away again. A pointer
+// holds while the peer pointed at is connected (it gets the chunk and
+// says so, or it leaves); the fetch lapses pointers to a peer whose
+// session ended, and on its refresh tick those to peers it could not
+// reach, so a pointer never strands a chunk.
+func (pk *picker) lapseDeclined(keep func(q peer.ID) bool) {
+	for _, pp := range pk.peers {
+		for i, q := range pp.decl {
+			if !keep(q) {
+				delete(pp.decl, i)
+			}
+		}
+	}
 }
 
 // inFlight is the number of requests p has outstanding.

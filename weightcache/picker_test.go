@@ -204,3 +204,77 @@ func TestPickerStartSpreadsFetchers(t *testing.T) {
 		t.Errorf("rotation(1000) with seed 1003 = %d; want 3", got)
 	}
 }
+
+// TestPickerSubstituteAndPointer: a super-seeding server may answer a
+// request with another chunk, or point elsewhere; a chunk it pointed
+// elsewhere for is not asked of it again while the peer pointed at is around.
+func TestPickerSubstituteAndPointer(t *testing.T) {
+	const n = 3
+	pk := newPicker(make([]bool, n), 2, 0)
+	seed := peer.ID("seed")
+	pk.addPeer(seed, bits(n, func(int) bool { return true }))
+	if i, ok := pk.next(seed); !ok || i != 0 {
+		t.Fatalf("next(seed) = %d, %v; want 0", i, ok)
+	}
+	// Asked 0, got 2 instead: 0 is free to ask again, 2 is held.
+	if !pk.answered(seed, 0, 2, true) || pk.inFlight(seed) != 0 || pk.flight[0] != 0 {
+		t.Fatalf("substitute not recorded: new chunk, nothing in flight expected (flight %v)", pk.flight)
+	}
+	if i, ok := pk.next(seed); !ok || i != 0 {
+		t.Fatalf("next(seed) after a substitute = %d, %v; want 0", i, ok)
+	}
+	a, b := peer.ID("a"), peer.ID("b")
+	pk.declined(seed, 0, a)
+	if i, ok := pk.next(seed); !ok || i != 1 {
+		t.Fatalf("next(seed) after a pointer for 0 = %d, %v; want 1", i, ok)
+	}
+	pk.declined(seed, 1, b)
+	if i, ok := pk.next(seed); ok {
+		t.Fatalf("next(seed) = %d; want nothing: it pointed elsewhere for every chunk left", i)
+	}
+	// b is still around, a is not: only the pointer to a lapses.
+	pk.lapseDeclined(func(q peer.ID) bool { return q == b })
+	if i, ok := pk.next(seed); !ok || i != 0 {
+		t.Fatalf("next(seed) after the pointer to a lapsed = %d, %v; want 0", i, ok)
+	}
+	if i, ok := pk.next(seed); ok {
+		t.Fatalf("next(seed) = %d; want nothing while b is around", i)
+	}
+	pk.addPeer(b, bits(n, func(int) bool { return false }))
+	pk.removePeer(b)
+	if i, ok := pk.next(seed); !ok || i != 1 {
+		t.Fatalf("next(seed) after b left = %d, %v; want 1", i, ok)
+	}
+	// A server points elsewhere once per chunk; a second time is refused.
+	if pk.declined(seed, 1, b) {
+		t.Fatal("a second pointer for chunk 1 was accepted")
+	}
+}
+
+// TestPickerEndGameOnlyInTheTail: with more chunks missing than
+// endGameLeft, nothing is duplicated even when all are in flight.
+func TestPickerEndGameOnlyInTheTail(t *testing.T) {
+	const n = 6
+	pk := newPicker(make([]bool, n), 2, 0)
+	pk.endGameLeft = 2
+	a, b := peer.ID("a"), peer.ID("b")
+	pk.addPeer(a, bits(n, func(i int) bool { return i != 5 }))
+	pk.addPeer(b, bits(n, func(i int) bool { return i != 0 }))
+	for range 5 {
+		if _, ok := pk.next(a); !ok {
+			t.Fatal("a had chunks to give")
+		}
+	}
+	if i, ok := pk.next(b); !ok || i != 5 {
+		t.Fatalf("next(b) = %d, %v; want 5", i, ok)
+	}
+	if i, ok := pk.next(b); ok {
+		t.Fatalf("next(b) = %d with %d chunks missing; want no duplicate before the last 2", i, n)
+	}
+	for i := range 4 {
+		pk.received(a, i, true)
+	}
+	if i, ok := pk.next(b); !ok || i != 4 {
+		t.Fatalf("next(b) with 2 missing = %d, %v; want the duplicate 4", i, ok)
+	}
+}

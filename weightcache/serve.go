@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 )
 
@@ -34,14 +35,14 @@ type Server struct {
 	mu       sync.Mutex
 	closed   bool
 	sessions map[network.Stream]struct{}
+	seeding  map[string]*seeding // per model served whole: see seeding
 	wg       sync.WaitGroup
-	bufs     sync.Pool
 }
 
 // Serve starts serving st on reg. Close stops it and waits for the
 // sessions in progress to end.
 func Serve(st *Store, reg Registrar) *Server {
-	srv := &Server{store: st, reg: reg, log: st.log, sessions: map[network.Stream]struct{}{}}
+	srv := &Server{store: st, reg: reg, log: st.log, sessions: map[network.Stream]struct{}{}, seeding: map[string]*seeding{}}
 	reg.Handle(Protocol, srv.handle)
 	return srv
 }
@@ -104,10 +105,13 @@ func (srv *Server) session(s network.Stream) error {
 	}
 }
 
-// serveChunks answers chunk requests in order and forwards new haves.
-// A loader goroutine, owned here and waited for, decodes requests and
-// reads and verifies each chunk while the one before it is being sent
-// (two buffers between them), so disk, hashing and the network overlap.
+// serveChunks reads the fetcher's have-map, then answers chunk requests
+// in order and forwards new haves. A loader goroutine, owned here and
+// waited for, decodes the fetcher's messages and reads and verifies each
+// chunk while the one before it is being sent (two buffers between them),
+// so disk, hashing and the network overlap. A model held whole is served
+// super-seeding (see seeding): the loader may load another chunk than the
+// one asked for.
 func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) error {
 	p, err := srv.store.openReader(id)
 	if err != nil {
@@ -115,28 +119,35 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 		return writeError(s, code, "model not held")
 	}
 	defer p.release()
+	n := len(p.l.chunks)
+	_ = s.SetReadDeadline(time.Now().Add(helloTimeout))
+	theirs, err := readHaveMap(r, n)
+	if err != nil {
+		return err
+	}
+	_ = s.SetReadDeadline(time.Time{})
 	p.offerPeer(s.Conn().RemotePeer())
 	subs, bf := p.subscribe()
 	defer p.unsubscribe(subs)
-	n := len(p.l.chunks)
+	sd, ss := srv.joinSeeding(id, p, s.Conn().RemotePeer(), theirs)
+	if sd != nil {
+		defer srv.leaveSeeding(id, sd, ss)
+	}
 	if err := writeFrame(s, frHaveMap, uint32(n), bf); err != nil {
 		return err
 	}
 
 	type loaded struct {
-		i    int
-		data []byte
-		buf  []byte
-		err  error
+		i, asked int
+		data     []byte
+		buf      []byte
+		hint     peer.ID // no chunk: ask this fetcher for it
+		err      error
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	free := make(chan []byte, serveBuffers)
 	for range serveBuffers {
-		buf, _ := srv.bufs.Get().([]byte)
-		if int64(cap(buf)) < p.l.m.ChunkSize {
-			buf = make([]byte, p.l.m.ChunkSize)
-		}
-		free <- buf[:cap(buf)]
+		free <- getChunkBuf(p.l.m.ChunkSize)
 	}
 	out := make(chan loaded, serveBuffers)
 	var rerr error
@@ -146,15 +157,26 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 		defer wg.Done()
 		defer close(out)
 		var b [requestLen]byte
-		for {
+		var queue []int // requests read, not loaded yet
+		readMsg := func() error {
 			if _, err := io.ReadFull(r, b[:]); err != nil {
-				rerr = err
-				return
+				return err
 			}
-			i, err := decodeChunkRequest(b[:], n)
+			m, err := decodeClientMsg(b[:], n)
 			if err != nil {
-				rerr = err
-				return
+				return err
+			}
+			srv.noteMsg(sd, ss, m)
+			if m.typ == opRequest {
+				queue = append(queue, m.i)
+			}
+			return nil
+		}
+		for {
+			for len(queue) == 0 {
+				if rerr = readMsg(); rerr != nil {
+					return
+				}
 			}
 			var buf []byte
 			select {
@@ -162,9 +184,24 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 			case <-ctx.Done():
 				return
 			}
-			data, err := p.read(i, buf)
+			// Take in every message already here before picking, so
+			// the haves sent with a request count in its answer.
+			for r.Buffered() >= requestLen {
+				if rerr = readMsg(); rerr != nil {
+					free <- buf
+					return
+				}
+			}
+			asked := queue[0]
+			queue = queue[1:]
+			i, hint := srv.pick(sd, ss, asked)
+			var data []byte
+			var err error
+			if hint == "" {
+				data, err = p.read(i, buf)
+			}
 			select {
-			case out <- loaded{i, data, buf, err}:
+			case out <- loaded{i, asked, data, buf, hint, err}:
 			case <-ctx.Done():
 				return
 			}
@@ -181,7 +218,7 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 			free <- ld.buf
 		}
 		for len(free) > 0 {
-			srv.bufs.Put(<-free) //nolint:staticcheck // a slice header is fine here
+			putChunkBuf(<-free)
 		}
 	}()
 
@@ -205,7 +242,14 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 				_ = writeError(s, codeBad, ld.err.Error())
 				return ld.err
 			}
-			err := writeFrame(s, frData, uint32(ld.i), ld.data)
+			typ, payload := byte(frData), ld.data
+			switch {
+			case ld.hint != "":
+				typ, payload = frHint, []byte(ld.hint)
+			case ld.i != ld.asked:
+				typ = frSubst
+			}
+			err := writeFrame(s, typ, uint32(ld.i), payload)
 			free <- ld.buf
 			if err != nil {
 				return err
@@ -221,6 +265,73 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 			}
 		}
 	}
+}
+
+// readHaveMap reads a fetcher's have-map message ('B', then (n+7)/8 bytes).
+func readHaveMap(r io.Reader, n int) ([]bool, error) {
+	b := make([]byte, 1+(n+7)/8)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	if b[0] != opHaveMap {
+		return nil, fmt.Errorf("%w: expected the fetcher's have-map, got %q", ErrProtocol, b[0])
+	}
+	return decodeHaveMap(b[1:], n)
+}
+
+// joinSeeding enters a session into the seeding state of model id when p
+// holds every chunk; otherwise (a download in progress) chunks are served
+// as asked and it returns nils.
+func (srv *Server) joinSeeding(id string, p *partial, who peer.ID, theirs []bool) (*seeding, *seedSession) {
+	if !p.whole() {
+		return nil, nil
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	sd := srv.seeding[id]
+	if sd == nil || len(sd.held) != len(theirs) {
+		sd = newSeeding(len(theirs))
+		srv.seeding[id] = sd
+	}
+	return sd, sd.join(string(who), theirs)
+}
+
+func (srv *Server) leaveSeeding(id string, sd *seeding, ss *seedSession) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	sd.leave(ss)
+	if len(sd.sessions) == 0 && srv.seeding[id] == sd {
+		delete(srv.seeding, id)
+	}
+}
+
+// noteMsg feeds a fetcher's message to the seeding state, if any.
+func (srv *Server) noteMsg(sd *seeding, ss *seedSession, m clientMsg) {
+	if sd == nil {
+		return
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if m.typ == opHave {
+		sd.gotHave(ss, m.i)
+	} else {
+		sd.request(ss, m.i)
+	}
+}
+
+// pick answers a request for chunk asked: the chunk to send, or a
+// fellow fetcher to point at instead.
+func (srv *Server) pick(sd *seeding, ss *seedSession, asked int) (int, peer.ID) {
+	if sd == nil {
+		return asked, ""
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	i, hint := sd.pick(ss, asked)
+	if hint != nil {
+		return i, peer.ID(hint.peer)
+	}
+	return i, ""
 }
 
 // serveBuffers is the chunk buffers per session: one being sent, one

@@ -133,9 +133,14 @@ func TestSwarmOneSeederFourFetchers(t *testing.T) {
 }
 
 // serveScripted serves the weights protocol on n for a test: the manifest
-// mb to a manifest request, and chunk sessions by chunks (the stream is
-// reset when chunks returns).
+// mb to a manifest request, and chunk sessions by chunks once the
+// fetcher's have-map is read (the stream is reset when chunks returns).
 func serveScripted(n *mesh.Node, mb []byte, chunks func(s network.Stream, r *bufio.Reader)) {
+	m, err := DecodeManifest(mb)
+	if err != nil {
+		panic(err)
+	}
+	nc := len(newLayout(m).chunks)
 	n.Handle(Protocol, func(s network.Stream) {
 		r := bufio.NewReader(s)
 		h, err := readHello(r)
@@ -149,8 +154,29 @@ func serveScripted(n *mesh.Node, mb []byte, chunks func(s network.Stream, r *buf
 			return
 		}
 		defer s.Reset()
+		if _, err := readHaveMap(r, nc); err != nil {
+			return
+		}
 		chunks(s, r)
 	})
+}
+
+// readRequest reads fetcher messages up to the next chunk request,
+// skipping haves.
+func readRequest(r io.Reader, n int) (int, error) {
+	var b [requestLen]byte
+	for {
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			return 0, err
+		}
+		m, err := decodeClientMsg(b[:], n)
+		if err != nil {
+			return 0, err
+		}
+		if m.typ == opRequest {
+			return m.i, nil
+		}
+	}
 }
 
 // evil serves a model it claims to hold whole but answers chunk requests
@@ -160,19 +186,18 @@ func evil(t *testing.T, n *mesh.Node, src *Store, id string, stall bool) {
 	l := newLayout(m)
 	mb, _ := src.ManifestBytes(id)
 	serveScripted(n, mb, func(s network.Stream, r *bufio.Reader) {
-		bf := bytes.Repeat([]byte{0xff}, (len(l.chunks)+7)/8)
-		_ = writeFrame(s, frHaveMap, uint32(len(l.chunks)), bf)
-		var rq [requestLen]byte
+		all := make([]bool, len(l.chunks))
+		for i := range all {
+			all[i] = true
+		}
+		_ = writeFrame(s, frHaveMap, uint32(len(l.chunks)), encodeHaveMap(all))
 		for {
-			if _, err := io.ReadFull(r, rq[:]); err != nil {
+			i, err := readRequest(r, len(l.chunks))
+			if err != nil {
 				return
 			}
 			if stall {
 				continue
-			}
-			i, err := decodeChunkRequest(rq[:], len(l.chunks))
-			if err != nil {
-				return
 			}
 			data := randBytes(uint64(i), l.chunks[i].n)
 			if err := writeFrame(s, frData, uint32(i), data); err != nil {
@@ -362,12 +387,8 @@ func gatedSeeder(t *testing.T, n *mesh.Node, src *Store, id string, gate chan st
 		nc := len(p.l.chunks)
 		_ = writeFrame(s, frHaveMap, uint32(nc), p.bitfield())
 		buf := make([]byte, p.l.m.ChunkSize)
-		var rq [requestLen]byte
 		for {
-			if _, err := io.ReadFull(r, rq[:]); err != nil {
-				return
-			}
-			i, err := decodeChunkRequest(rq[:], nc)
+			i, err := readRequest(r, nc)
 			if err != nil {
 				return
 			}

@@ -3,23 +3,60 @@ package weightcache
 import (
 	"bytes"
 	"testing"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-func FuzzDecodeChunkRequest(f *testing.F) {
+func FuzzDecodeClientMsg(f *testing.F) {
 	rq := encodeChunkRequest(3)
 	f.Add(rq[:], 10)
+	hv := encodeClientMsg(opHave, 9)
+	f.Add(hv[:], 10)
 	f.Add([]byte{'R', 0xff, 0xff, 0xff, 0xff}, 1<<20)
 	f.Add([]byte{'X'}, 0)
 	f.Fuzz(func(t *testing.T, b []byte, n int) {
-		i, err := decodeChunkRequest(b, n)
+		m, err := decodeClientMsg(b, n)
 		if err != nil {
 			return
 		}
-		if i < 0 || i >= n {
-			t.Fatalf("decodeChunkRequest(%x, %d) = %d; out of range", b, n, i)
+		if m.i < 0 || m.i >= n {
+			t.Fatalf("decodeClientMsg(%x, %d) = %+v; index out of range", b, n, m)
 		}
-		if enc := encodeChunkRequest(uint32(i)); !bytes.Equal(enc[:], b) {
+		if enc := encodeClientMsg(m.typ, uint32(m.i)); !bytes.Equal(enc[:], b) {
 			t.Fatalf("re-encoded %x; want %x", enc, b)
+		}
+	})
+}
+
+func FuzzDecodeHaveMap(f *testing.F) {
+	f.Add(encodeHaveMap([]bool{true, false, true}), 3)
+	f.Add([]byte{0xff, 0xff}, 16)
+	f.Add([]byte{0xff, 0xff}, 9)
+	f.Add([]byte{}, 0)
+	f.Fuzz(func(t *testing.T, b []byte, n int) {
+		have, err := decodeHaveMap(b, n)
+		if err != nil {
+			return
+		}
+		if len(have) != n {
+			t.Fatalf("decodeHaveMap(%x, %d) gave %d chunks", b, n, len(have))
+		}
+		if enc := encodeHaveMap(have); !bytes.Equal(enc, b) {
+			t.Fatalf("re-encoded %x; want %x", enc, b)
+		}
+	})
+}
+
+func FuzzDecodeHint(f *testing.F) {
+	f.Add([]byte(peer.ID("\x00\x24\x08\x01\x12\x20abcdefghijklmnopqrstuvwxyz012345")))
+	f.Add([]byte{0x12, 0x20, 1, 2})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := decodeHint(b)
+		if err != nil {
+			return
+		}
+		if string(p) != string(b) || p.Validate() != nil {
+			t.Fatalf("decodeHint(%x) = %q; not the same valid ID", b, p)
 		}
 	})
 }
@@ -43,7 +80,7 @@ func FuzzDecodeHello(f *testing.F) {
 }
 
 func FuzzDecodeFrameHeader(f *testing.F) {
-	for _, h := range []frameHeader{{frData, 1, 100}, {frHaveMap, 9, 2}, {frError, 1, 5}, {frManifest, 0, 10}, {frHave, 2, 0}} {
+	for _, h := range []frameHeader{{frData, 1, 100}, {frSubst, 3, 100}, {frHint, 3, 38}, {frHaveMap, 9, 2}, {frError, 1, 5}, {frManifest, 0, 10}, {frHave, 2, 0}} {
 		b := h.encode()
 		f.Add(b[:], 9, int64(1<<20))
 	}
@@ -53,7 +90,7 @@ func FuzzDecodeFrameHeader(f *testing.F) {
 			return
 		}
 		switch h.typ {
-		case frData:
+		case frData, frSubst:
 			if int64(h.a) >= int64(n) || int64(h.b) > chunkSize {
 				t.Fatalf("data frame %+v accepted for n=%d size=%d", h, n, chunkSize)
 			}
