@@ -30,6 +30,9 @@ type Config struct {
 	Name string
 	// Version is the software version, published in the node record.
 	Version string
+	// Price is what the node asks for its GPUs, published in its record
+	// (zero: free, the default of a private pool).
+	Price Price
 	// Fingerprint identifies this copy of the identity (machine and home
 	// dir). Two live members with one peer ID and different fingerprints are
 	// a copied home dir: the newcomer is refused.
@@ -82,6 +85,9 @@ func (c *Config) validate() error {
 	d := DefaultConfig()
 	if c.Key == nil {
 		return fmt.Errorf("%w: no identity key", ErrConfig)
+	}
+	if err := c.Price.validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	if len(c.ListenAddrs) == 0 {
 		c.ListenAddrs = d.ListenAddrs

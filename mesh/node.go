@@ -884,7 +884,7 @@ func (n *Node) refreshRecord(now time.Time) {
 		PeerID: n.ID().String(), Seq: seq, Instance: n.instance, Fingerprint: n.fingerprint,
 		Name: n.cfg.Name, Addrs: addrs, Inventory: n.inventory, StartedAt: n.startedAt,
 		PublishedAt: now, Version: n.cfg.Version, Models: n.models,
-		Free: n.free,
+		Free: n.free, Price: n.cfg.Price,
 	}
 	b, err := SignRecord(n.cfg.Key, n.poolID, r)
 	if err != nil {

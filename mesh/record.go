@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -78,10 +79,42 @@ type ModelRef struct {
 	SizeBytes int64  `json:"size_bytes,omitempty"`
 }
 
-// Price is what a node asks for its GPUs. Zero in a private pool.
+// Price is what a node asks for its GPUs, in credits per GPU-hour. Zero in
+// a private pool.
 type Price struct {
+	// PerGPUHour is the price of a GPU-hour on a model not in Models.
 	PerGPUHour float64 `json:"per_gpu_hour"`
 	Currency   string  `json:"currency,omitempty"`
+	// Models maps a GPU model name, as the inventory reports it, to its
+	// price per GPU-hour (at most MaxPriceModels entries).
+	Models map[string]float64 `json:"models,omitempty"`
+}
+
+// MaxPriceModels bounds Price.Models.
+const MaxPriceModels = 64
+
+// Ask is the price of a GPU-hour on model.
+func (p Price) Ask(model string) float64 {
+	if v, ok := p.Models[model]; ok {
+		return v
+	}
+	return p.PerGPUHour
+}
+
+func (p Price) validate() error {
+	if len(p.Models) > MaxPriceModels {
+		return fmt.Errorf("%w: %d priced GPU models, at most %d", ErrRecordMalformed, len(p.Models), MaxPriceModels)
+	}
+	ok := func(v float64) bool { return v >= 0 && !math.IsInf(v, 0) && !math.IsNaN(v) }
+	if !ok(p.PerGPUHour) {
+		return fmt.Errorf("%w: price %g", ErrRecordMalformed, p.PerGPUHour)
+	}
+	for m, v := range p.Models {
+		if !ok(v) {
+			return fmt.Errorf("%w: price %g for %q", ErrRecordMalformed, v, m)
+		}
+	}
+	return nil
 }
 
 // recordKey is the DHT key of a peer's record.
@@ -179,6 +212,9 @@ func VerifyRecord(b []byte, poolID string, want peer.ID, now time.Time) (*Record
 	}
 	if r.Seq == 0 {
 		return nil, fmt.Errorf("%w: zero sequence", ErrRecordMalformed)
+	}
+	if err := r.Price.validate(); err != nil {
+		return nil, err
 	}
 	if age := now.Sub(r.PublishedAt); age > RecordMaxAge {
 		return nil, fmt.Errorf("%w: published %s ago", ErrRecordStale, age.Round(time.Second))

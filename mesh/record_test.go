@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,10 @@ func TestRecordVerify(t *testing.T) {
 		{"stale", sign(key, "pool", &Record{PeerID: id.String(), Seq: 1, PublishedAt: now.Add(-2 * RecordMaxAge)}), id, ErrRecordStale},
 		{"future", sign(key, "pool", &Record{PeerID: id.String(), Seq: 1, PublishedAt: now.Add(time.Hour)}), id, ErrRecordMalformed},
 		{"zero seq", sign(key, "pool", &Record{PeerID: id.String(), PublishedAt: now}), id, ErrRecordMalformed},
+		{"priced", sign(key, "pool", &Record{PeerID: id.String(), Seq: 1, PublishedAt: now, Price: Price{PerGPUHour: 2, Models: map[string]float64{"RTX 4090": 36}}}), id, nil},
+		{"negative price", sign(key, "pool", &Record{PeerID: id.String(), Seq: 1, PublishedAt: now, Price: Price{PerGPUHour: -1}}), id, ErrRecordMalformed},
+		{"negative model price", sign(key, "pool", &Record{PeerID: id.String(), Seq: 1, PublishedAt: now, Price: Price{Models: map[string]float64{"x": -3}}}), id, ErrRecordMalformed},
+		{"too many priced models", sign(key, "pool", &Record{PeerID: id.String(), Seq: 1, PublishedAt: now, Price: Price{Models: manyPrices(MaxPriceModels + 1)}}), id, ErrRecordMalformed},
 		{"bad magic", append([]byte("XXXX"), valid[4:]...), id, ErrRecordMalformed},
 		{"truncated", valid[:len(valid)-5], id, ErrRecordMalformed},
 		{"oversized", append([]byte(recordMagic), make([]byte, maxRecordSize)...), id, ErrRecordTooLarge},
@@ -156,4 +161,21 @@ func FuzzHeartbeat(f *testing.F) {
 			}
 		}
 	})
+}
+
+func manyPrices(n int) map[string]float64 {
+	m := make(map[string]float64, n)
+	for i := range n {
+		m[fmt.Sprintf("GPU %d", i)] = 1
+	}
+	return m
+}
+
+func TestPriceAsk(t *testing.T) {
+	p := Price{PerGPUHour: 2, Models: map[string]float64{"RTX 4090": 36}}
+	for model, want := range map[string]float64{"RTX 4090": 36, "A100 80GB": 2} {
+		if got := p.Ask(model); got != want {
+			t.Errorf("Ask(%q) = %g; want %g", model, got, want)
+		}
+	}
 }

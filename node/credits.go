@@ -526,3 +526,16 @@ func (d *Daemon) startCredits(home string, log *slog.Logger, m meshNode, key cry
 		Members: m, Streams: dep.cfg.Streams, Clock: d.cfg.Clock, Log: log, Registerer: reg,
 	})
 }
+
+// meshPrice is a price list as the node record announces it, in credits
+// per GPU-hour.
+func meshPrice(p market.PriceList) mesh.Price {
+	out := mesh.Price{PerGPUHour: p.Default.Credits()}
+	if len(p.Models) > 0 {
+		out.Models = make(map[string]float64, len(p.Models))
+		for m, v := range p.Models {
+			out.Models[m] = v.Credits()
+		}
+	}
+	return out
+}

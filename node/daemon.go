@@ -195,6 +195,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		ExtraPeers:  extra,
 		Name:        cfg.Name,
 		Version:     cfg.Version,
+		Price:       meshPrice(cfg.Prices),
 		Fingerprint: fp,
 		MDNS:        cfg.MDNS,
 		NATPortMap:  cfg.NATPortMap,

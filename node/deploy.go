@@ -24,6 +24,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/shoalmesh/shoal/hardware"
+	"github.com/shoalmesh/shoal/market"
 	"github.com/shoalmesh/shoal/mesh"
 	"github.com/shoalmesh/shoal/runtime/template"
 	"github.com/shoalmesh/shoal/scheduler"
@@ -377,6 +378,9 @@ type DeployRequest struct {
 	// Replicas overrides the template's count (0: the template's
 	// minReplicas, at least 1; a gang: the sum of its roles).
 	Replicas int `json:"replicas,omitempty"`
+	// MaxPrice is the most the deployment pays per GPU-hour, in credits
+	// ("2.5"); empty or "0" is no limit.
+	MaxPrice string `json:"max_price,omitempty"`
 }
 
 // Deployment is one element of GET /v1/deployments: the replicated record
@@ -426,6 +430,13 @@ func (s *deployService) submit(req DeployRequest) (Deployment, error) {
 	r, err := requestOf(spec, req.Replicas)
 	if err != nil {
 		return Deployment{}, fmt.Errorf("%w: %w", ErrBadDeployment, err)
+	}
+	if req.MaxPrice != "" {
+		p, err := market.ParseCredits(req.MaxPrice)
+		if err != nil {
+			return Deployment{}, fmt.Errorf("%w: max price: %w", ErrBadDeployment, err)
+		}
+		r.MaxPrice = p.Credits()
 	}
 	r.ID = name
 	cs := coordinator.Spec{Name: name, Template: spec.Template, Params: spec.Params, Request: r, Updated: s.cfg.Clock.Now(), Owner: s.self}
@@ -660,6 +671,20 @@ func (v meshView) Nodes() []scheduler.Node {
 	return out
 }
 
+// nodePrice is the price the scheduler compares with a deployment's limit:
+// the highest the node asks for any of its GPUs (the scheduler prices a
+// node, not a card, so a mixed node is judged by its dearest card).
+func nodePrice(p mesh.Price, gpus []hardware.GPU) float64 {
+	if len(gpus) == 0 {
+		return p.PerGPUHour
+	}
+	hi := 0.0
+	for _, g := range gpus {
+		hi = max(hi, p.Ask(g.Name))
+	}
+	return hi
+}
+
 // schedNode is a member's record as an empty scheduler node.
 func schedNode(id string, r *mesh.Record) scheduler.Node {
 	inv := r.Inventory
@@ -668,7 +693,7 @@ func schedNode(id string, r *mesh.Record) scheduler.Node {
 		CPUCapacity:     int64(inv.Host.CPUCores) * 1000,
 		MemoryCapacity:  inv.Host.MemoryTotalBytes,
 		DiskBytes:       inv.Host.DiskFreeBytes >> 30 << 30,
-		PricePerGPUHour: r.Price.PerGPUHour,
+		PricePerGPUHour: nodePrice(r.Price, inv.GPUs),
 	}
 	n.CPUMilli, n.MemoryBytes = n.CPUCapacity, n.MemoryCapacity
 	for _, g := range inv.GPUs {

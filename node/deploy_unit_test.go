@@ -5,6 +5,9 @@ import (
 	"log/slog"
 	"testing"
 
+	"github.com/shoalmesh/shoal/hardware"
+	"github.com/shoalmesh/shoal/market"
+	"github.com/shoalmesh/shoal/mesh"
 	"github.com/shoalmesh/shoal/runtime/template"
 	"github.com/shoalmesh/shoal/scheduler"
 	"github.com/shoalmesh/shoal/scheduler/coordinator"
@@ -74,5 +77,42 @@ func TestDeploymentRecordsPersist(t *testing.T) {
 	}
 	if w := b.store.Put("x", coordinator.Spec{Name: "x"}); !r.SpecVersion.Less(w.SpecVersion) {
 		t.Errorf("a write after reload has version %v, not above the saved %v", w.SpecVersion, r.SpecVersion)
+	}
+}
+
+func TestNodePrice(t *testing.T) {
+	p := mesh.Price{PerGPUHour: 2, Models: map[string]float64{"RTX 4090": 36}}
+	g := func(names ...string) []hardware.GPU {
+		var out []hardware.GPU
+		for _, n := range names {
+			out = append(out, hardware.GPU{Name: n})
+		}
+		return out
+	}
+	for _, c := range []struct {
+		gpus []hardware.GPU
+		want float64
+	}{
+		{nil, 2},
+		{g("A100 80GB"), 2},
+		{g("RTX 4090"), 36},
+		{g("A100 80GB", "RTX 4090"), 36},
+	} {
+		if got := nodePrice(p, c.gpus); got != c.want {
+			t.Errorf("nodePrice(%v) = %g; want %g", c.gpus, got, c.want)
+		}
+	}
+}
+
+func TestMeshPrice(t *testing.T) {
+	var pl market.PriceList
+	for _, v := range []string{"0.5", "RTX 4090=36"} {
+		if err := pl.Set(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := meshPrice(pl)
+	if got.PerGPUHour != 0.5 || got.Models["RTX 4090"] != 36 || len(got.Models) != 1 {
+		t.Errorf("meshPrice(%+v) = %+v; want 0.5 by default and 36 for RTX 4090", pl, got)
 	}
 }

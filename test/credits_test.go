@@ -167,6 +167,22 @@ func TestCreditsEndToEnd(t *testing.T) {
 		t.Errorf("shoal credits on C = %q, %v; want a table naming A", out, err)
 	}
 
+	// A deployment that pays at most 1 credit per GPU-hour is not placed on
+	// A, the only card, which asks 36: the refusal counts A as priced out.
+	if _, stderr, err := Run(t, "--home", c.Home, "deploy", "-f", tpl, "--set", "model=tiny", "--name", "cheap", "--replicas", "1", "--max-price", "1"); err != nil {
+		t.Fatalf("deploy --max-price: %v\n%s", err, stderr)
+	}
+	var cheap deployment
+	if !Eventually(15*time.Second, func() bool {
+		cheap = c.ps()["cheap"]
+		return cheap.Status.Reason != ""
+	}) || cheap.Status.State == "placed" || !strings.Contains(cheap.Status.Detail, "price above limit: 1") {
+		t.Errorf("cheap deployment: state %q, %s; want it unplaced, one node above its price limit", cheap.Status.State, cheap.Status.Detail)
+	}
+	if _, stderr, err := Run(t, "--home", c.Home, "deploy", "-f", tpl, "--name", "bad", "--max-price", "lots"); err == nil || !strings.Contains(stderr, "max-price") {
+		t.Errorf("deploy --max-price lots: err %v, stderr %q; want a usage error naming the flag", err, stderr)
+	}
+
 	// A member that is not a shoal daemon tampers with A's receipts.
 	before := a.credits()
 	pool, err := mesh.ParseToken(a.Token())
@@ -228,6 +244,7 @@ func TestCreditsEndToEnd(t *testing.T) {
 	if m := controlGet(t, a.Home, "/metrics"); !strings.Contains(m, `shoal_market_receipts_rejected_total{reason="bad signature"} 1`) {
 		t.Errorf("A's /metrics lacks the rejected receipt")
 	}
+
 	t.Logf("whole scenario %v", time.Since(began))
 }
 

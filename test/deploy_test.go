@@ -53,6 +53,7 @@ type deployment struct {
 		State       string `json:"state"`
 		Reason      string `json:"reason"`
 		Closest     string `json:"closest"`
+		Detail      string `json:"detail"`
 		Coordinator string `json:"coordinator"`
 		Replicas    []struct {
 			ID    string `json:"id"`

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/shoalmesh/shoal/market"
 	"github.com/shoalmesh/shoal/node"
 	"github.com/shoalmesh/shoal/runtime/template"
 	"github.com/shoalmesh/shoal/scheduler/coordinator"
@@ -22,6 +23,7 @@ func (a *app) deployCmd() *cobra.Command {
 		name     string
 		file     string
 		replicas int
+		maxPrice string
 	)
 	cmd := &cobra.Command{
 		Use:   "deploy [TEMPLATE]",
@@ -63,7 +65,12 @@ only while requests come (see 'shoal scale').`,
 			if replicas < 0 {
 				return usagef("--replicas %d is negative", replicas)
 			}
-			req := node.DeployRequest{Name: name, Params: params, Replicas: replicas}
+			if maxPrice != "" {
+				if _, err := market.ParseCredits(maxPrice); err != nil {
+					return usagef("--max-price: %w", err)
+				}
+			}
+			req := node.DeployRequest{Name: name, Params: params, Replicas: replicas, MaxPrice: maxPrice}
 			if file != "" {
 				b, err := os.ReadFile(file)
 				if err != nil {
@@ -99,6 +106,7 @@ only while requests come (see 'shoal scale').`,
 	f.StringVar(&name, "name", "", "deployment name (default: the template's name)")
 	f.StringVarP(&file, "file", "f", "", "template file instead of a built-in template")
 	f.IntVar(&replicas, "replicas", 0, "replicas to place (default: the template's minReplicas, at least 1)")
+	f.StringVar(&maxPrice, "max-price", "", "the most to pay per GPU-hour, in credits (default: no limit); nodes asking more (--price) are not used")
 	return cmd
 }
 
