@@ -39,9 +39,12 @@ type Waiting struct {
 // is contended, GPU share): repeatedly, the identity whose GPU share held
 // (held, in milli-GPU, what its replicas run on now) plus what this order
 // has already granted it, divided by its Weight, is lowest gets its
-// earliest request next. Ties go to the earlier arrival, then the lower
-// request ID, then the lower identity. An identity without an account
-// weighs 1. Order is pure: it copies its input and reads nothing else.
+// earliest request next. Ties go to the higher weight (the limit of
+// granting each an infinitesimal share first: when nobody holds anything,
+// the bigger contributor still goes first), then the earlier arrival, then
+// the lower request ID, then the lower identity. An identity without an
+// account weighs 1. Order is pure: it copies its input and reads nothing
+// else.
 func Order(waiting []Waiting, accounts func(peer.ID) Account, held map[peer.ID]int64) []Waiting {
 	byID := map[peer.ID]*fairQueue{}
 	var qs []*fairQueue
@@ -88,11 +91,15 @@ type fairQueue struct {
 }
 
 // before is the progressive-filling comparison of two non-empty queues:
-// lower load per weight first, then the earlier head request.
+// lower load per weight first, then the higher weight, then the earlier
+// head request.
 func (q *fairQueue) before(o *fairQueue) bool {
 	a, b := float64(q.load)/q.weight, float64(o.load)/o.weight
 	if a != b {
 		return a < b
+	}
+	if q.weight != o.weight {
+		return q.weight > o.weight
 	}
 	x, y := q.reqs[0], o.reqs[0]
 	return cmp.Or(cmp.Compare(x.Arrival, y.Arrival), cmp.Compare(x.ID, y.ID), cmp.Compare(q.id, o.id)) < 0

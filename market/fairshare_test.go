@@ -1,7 +1,9 @@
 package market
 
 import (
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"testing"
 
@@ -75,6 +77,12 @@ func TestOrder(t *testing.T) {
 			want:     []string{"b1", "f1", "b2", "b3", "f2"},
 		},
 		{
+			name:     "nobody holds anything: the bigger contributor first, though it came last",
+			waiting:  []Waiting{w("t", taker, 1000, 1), w("f", fresh, 1000, 2), w("s", small, 1000, 3), w("b", big, 1000, 4)},
+			accounts: accounts,
+			want:     []string{"b", "s", "f", "t"},
+		},
+		{
 			name:     "what one already holds counts against it",
 			waiting:  []Waiting{w("s", small, 1000, 1), w("f", fresh, 1000, 2)},
 			accounts: accounts,
@@ -109,6 +117,57 @@ func TestOrder(t *testing.T) {
 		}
 		if !slices.Equal(in, tc.waiting) {
 			t.Errorf("%s: Order changed its input", tc.name)
+		}
+	}
+}
+
+// TestOrderProperties checks over random queues that Order never drops or
+// repeats a request (fair share reorders, it never leaves work out, so a
+// lone request is always first and a card is never kept from it), keeps
+// each identity's own requests in arrival order, and with nothing held
+// gives the first turn to a heaviest identity.
+func TestOrderProperties(t *testing.T) {
+	ids := []peer.ID{newIdent(t, 11).id, newIdent(t, 12).id, newIdent(t, 13).id, newIdent(t, 14).id}
+	rng := rand.New(rand.NewPCG(7, 7))
+	for round := range 500 {
+		served := map[peer.ID]GPUTime{}
+		consumed := map[peer.ID]GPUTime{}
+		for _, id := range ids {
+			served[id] = GPUTime(rng.IntN(2000)) * GPUHour / 10
+			consumed[id] = GPUTime(rng.IntN(2000)) * GPUHour / 10
+		}
+		accounts := func(id peer.ID) Account { return Account{Served: served[id], Consumed: consumed[id]} }
+		var waiting []Waiting
+		for i := range 1 + rng.IntN(12) {
+			waiting = append(waiting, Waiting{
+				ID: fmt.Sprintf("r%02d", i), Identity: ids[rng.IntN(len(ids))],
+				Milli: int64(1 + rng.IntN(2000)), Arrival: uint64(rng.IntN(20)),
+			})
+		}
+		got := Order(waiting, accounts, nil)
+		if len(got) != len(waiting) {
+			t.Fatalf("round %d: Order returned %d of %d requests", round, len(got), len(waiting))
+		}
+		seen := map[string]bool{}
+		last := map[peer.ID]Waiting{}
+		for _, g := range got {
+			if seen[g.ID] {
+				t.Fatalf("round %d: request %s twice in %v", round, g.ID, got)
+			}
+			seen[g.ID] = true
+			if p, ok := last[g.Identity]; ok && (p.Arrival > g.Arrival || (p.Arrival == g.Arrival && p.ID > g.ID)) {
+				t.Fatalf("round %d: %s before %s of the same identity", round, p.ID, g.ID)
+			}
+			last[g.Identity] = g
+		}
+		for _, x := range waiting {
+			if Weight(accounts(x.Identity)) > Weight(accounts(got[0].Identity)) {
+				t.Fatalf("round %d: first turn to %s (weight %v) while %s weighs %v", round, got[0].ID,
+					Weight(accounts(got[0].Identity)), x.ID, Weight(accounts(x.Identity)))
+			}
+		}
+		if one := Order(waiting[:1], accounts, map[peer.ID]int64{waiting[0].Identity: 1 << 40}); len(one) != 1 || one[0].ID != waiting[0].ID {
+			t.Fatalf("round %d: a lone request, however much its identity holds: Order = %v", round, one)
 		}
 	}
 }

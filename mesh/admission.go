@@ -407,3 +407,14 @@ func (a *admitter) admittedHello(id peer.ID) (admitHello, bool) {
 	h, ok := a.admitted[id]
 	return h, ok
 }
+
+// relayACL lets only admitted members reserve a slot on this node's relay
+// service or connect through it, and only to admitted members: the relay
+// carries pool traffic, never an outsider's.
+type relayACL struct{ a *admitter }
+
+func (r relayACL) AllowReserve(p peer.ID, _ multiaddr.Multiaddr) bool { return r.a.isAdmitted(p) }
+
+func (r relayACL) AllowConnect(src peer.ID, _ multiaddr.Multiaddr, dest peer.ID) bool {
+	return r.a.isAdmitted(src) && r.a.isAdmitted(dest)
+}

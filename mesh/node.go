@@ -31,6 +31,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/multiformats/go-multiaddr"
@@ -170,7 +171,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		libp2p.DisableMetrics(),
 		libp2p.EnableNATService(),
 		libp2p.EnableHolePunching(),
-		libp2p.EnableRelayService(),
+		libp2p.EnableRelayService(relayv2.WithACL(relayACL{n.adm})),
 		libp2p.EnableAutoRelayWithPeerSource(n.relayCandidates),
 	}
 	if cfg.NATPortMap {

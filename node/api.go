@@ -29,6 +29,9 @@ type Status struct {
 	// Runtime says how this node runs replicas (process, docker or auto)
 	// and why, e.g. "process (auto: no Docker engine answers)".
 	Runtime string `json:"runtime,omitempty"`
+	// APIKeys is how many API keys the gateway requires one of (the keys
+	// themselves are never shown); 0: none.
+	APIKeys int `json:"api_keys,omitempty"`
 }
 
 // MemberCount counts the members this node knows of.
@@ -53,6 +56,9 @@ type Member struct {
 	CUDAVersion   string         `json:"cuda_version"`
 	Version       string         `json:"version,omitempty"`
 	Load          mesh.Load      `json:"load"`
+	// Free is what the member's ledger has not promised to any
+	// reservation (from its record); nil until it announced it.
+	Free *mesh.FreeCapacity `json:"free,omitempty"`
 }
 
 // TokenResponse is GET /v1/token.
@@ -107,6 +113,7 @@ func memberView(m mesh.Member) Member {
 		v.Host = r.Inventory.Host
 		v.DriverVersion = r.Inventory.DriverVersion
 		v.CUDAVersion = r.Inventory.CUDAVersion
+		v.Free = r.Free
 	}
 	if n := len(v.GPUs); n > 0 {
 		if len(m.Load.VRAMFreeBytes) == n {

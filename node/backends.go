@@ -87,6 +87,16 @@ func (rt *runtimes) pick(ctx context.Context, process runtime.Backend, s *runtim
 			s.DeclaredGPUs = true
 		}
 	}
+	// A gang member (memberSpec sets its rank) reaches its peers through
+	// links that listen on the host's loopback (node/gang.go), which a
+	// container on Docker's bridge network cannot reach: gang members run
+	// as processes, whatever the runtime, or fail saying why.
+	if _, gang := s.Env[EnvGangRank]; gang {
+		if len(s.Command) == 0 || rt.mode == RuntimeDocker {
+			return nil, fmt.Errorf("%w: deployment %s is a gang, and gang members run only as processes (a container on Docker's bridge network cannot reach the gang's links on the host's loopback); give its template a command and run this node with --runtime auto or process", ErrRuntime, s.Deployment)
+		}
+		return process, nil
+	}
 	switch rt.mode {
 	case RuntimeProcess:
 		if len(s.Command) == 0 {

@@ -45,6 +45,8 @@ func TestRuntimesPickWithoutEngine(t *testing.T) {
 	both := runtime.Spec{Deployment: "d", Image: "img:1", Command: []string{"srv"}, GPUUUIDs: []string{"GPU-decl"}}
 	imageOnly := runtime.Spec{Deployment: "d", Image: "img:1"}
 	commandOnly := runtime.Spec{Deployment: "d", Command: []string{"srv"}}
+	gangBoth := runtime.Spec{Deployment: "g", Image: "img:1", Command: []string{"srv"}, Env: map[string]string{EnvGangRank: "0"}}
+	gangImage := runtime.Spec{Deployment: "g", Image: "img:1", Env: map[string]string{EnvGangRank: "1"}}
 	for _, tt := range []struct {
 		name string
 		mode string
@@ -57,6 +59,11 @@ func TestRuntimesPickWithoutEngine(t *testing.T) {
 		{"process, both", RuntimeProcess, both, true},
 		{"process, image only", RuntimeProcess, imageOnly, false},
 		{"docker, command only", RuntimeDocker, commandOnly, false},
+		// Gang members run as processes (their links listen on loopback).
+		{"auto, gang member with both", RuntimeAuto, gangBoth, true},
+		{"process, gang member with both", RuntimeProcess, gangBoth, true},
+		{"docker, gang member with both", RuntimeDocker, gangBoth, false},
+		{"auto, gang member with an image only", RuntimeAuto, gangImage, false},
 	} {
 		rt := runtimes{mode: tt.mode, pool: "pool-1", declared: map[string]bool{"GPU-decl": true}}
 		s := tt.spec

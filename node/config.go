@@ -1,9 +1,12 @@
 package node
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 	"unicode"
 
@@ -106,6 +109,19 @@ type Config struct {
 	// Empty: no client-facing gateway on this node (it still runs replicas
 	// and answers what other nodes' gateways forward over the mesh).
 	Gateway string
+
+	// APIKeys, when not empty, are the keys a client of this node's
+	// gateway must present as "Authorization: Bearer KEY" (the OpenAI
+	// clients' api_key), on /v1/..., /d/..., the dashboard's API and
+	// /metrics. Requests other members forward over the mesh need none.
+	// Keys are never logged nor shown; /v1/status tells how many there are.
+	APIKeys []string
+
+	// APIKeysFile is a file of API keys, one per line ('#' starts a
+	// comment, blank lines are skipped), added to APIKeys. It must not be
+	// readable by others than its owner and group (mode o-r). Read once,
+	// by New. Empty: none.
+	APIKeysFile string
 
 	// Prices is what this node asks per GPU-hour for each GPU model
 	// (--price MODEL=CREDITS); the usage receipts it signs bill its
@@ -227,6 +243,20 @@ func (c *Config) validate() error {
 		}
 	}
 
+	if c.APIKeysFile != "" {
+		keys, err := LoadAPIKeys(c.APIKeysFile)
+		if err != nil {
+			return bad("%v", err)
+		}
+		c.APIKeys = append(c.APIKeys, keys...)
+		c.APIKeysFile = "" // read once
+	}
+	for i, k := range c.APIKeys {
+		if err := checkAPIKey(k); err != nil {
+			return bad("API key %d: %v", i+1, err)
+		}
+	}
+
 	if err := c.Prices.Validate(); err != nil {
 		return bad("%v", err)
 	}
@@ -277,3 +307,81 @@ type systemTicker struct{ t *time.Ticker }
 
 func (t systemTicker) C() <-chan time.Time { return t.t.C }
 func (t systemTicker) Stop()               { t.t.Stop() }
+
+// maxAPIKeys and maxAPIKeyLen bound an API keys file: keys are compared
+// with every request.
+const (
+	maxAPIKeys          = 1024
+	maxAPIKeyLen        = 512
+	maxAPIKeysFileBytes = 1 << 20
+)
+
+// LoadAPIKeys reads a file of gateway API keys: one key per line, '#'
+// starts a comment, surrounding blanks are trimmed and blank lines
+// skipped. The file must name at least one key and must not be readable
+// by everyone (a key in a world-readable file is no secret): such a file
+// is refused, with the chmod that fixes it.
+func LoadAPIKeys(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("API keys file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("API keys file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("API keys file %s is not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o004 != 0 {
+		return nil, fmt.Errorf("API keys file %s is readable by everyone (mode %04o); run chmod o-r %s (or chmod 600)", path, perm, path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxAPIKeysFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("API keys file %s: %w", path, err)
+	}
+	if len(b) > maxAPIKeysFileBytes {
+		return nil, fmt.Errorf("API keys file %s is larger than %d bytes", path, maxAPIKeysFileBytes)
+	}
+	var keys []string
+	seen := map[string]bool{}
+	for i, line := range strings.Split(string(b), "\n") {
+		if j := strings.IndexByte(line, '#'); j >= 0 {
+			line = line[:j]
+		}
+		k := strings.TrimSpace(line)
+		if k == "" || seen[k] {
+			continue
+		}
+		if err := checkAPIKey(k); err != nil {
+			return nil, fmt.Errorf("API keys file %s, line %d: %w", path, i+1, err)
+		}
+		seen[k] = true
+		keys = append(keys, k)
+	}
+	switch {
+	case len(keys) == 0:
+		return nil, fmt.Errorf("API keys file %s names no key (one per line, '#' for comments)", path)
+	case len(keys) > maxAPIKeys:
+		return nil, fmt.Errorf("API keys file %s names %d keys, at most %d", path, len(keys), maxAPIKeys)
+	}
+	return keys, nil
+}
+
+// checkAPIKey rejects what cannot travel in an Authorization header. The
+// error never contains the key.
+func checkAPIKey(k string) error {
+	if k == "" {
+		return errors.New("empty key")
+	}
+	if len(k) > maxAPIKeyLen {
+		return fmt.Errorf("key of %d bytes, at most %d", len(k), maxAPIKeyLen)
+	}
+	for _, r := range k {
+		if r <= ' ' || r > '~' {
+			return errors.New("key contains a blank, a control or a non-ASCII character")
+		}
+	}
+	return nil
+}

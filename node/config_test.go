@@ -2,6 +2,9 @@ package node
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,5 +98,59 @@ func TestNewRefusesOtherPool(t *testing.T) {
 	cfg.Force = true
 	if _, err := New(cfg); err != nil {
 		t.Errorf("New(join other pool, force) = %v; want nil", err)
+	}
+}
+
+// An API keys file: keys one per line with comments and blanks; refused
+// when everyone may read it, when it names no key or a key that cannot be
+// sent in a header, and the errors never quote a key.
+func TestLoadAPIKeys(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string, mode os.FileMode) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good", "# pool keys\nsk-1\n\n  sk-2 # ops\nsk-1\n", 0o640)
+	keys, err := LoadAPIKeys(good)
+	if err != nil || strings.Join(keys, ",") != "sk-1,sk-2" {
+		t.Fatalf("LoadAPIKeys(good) = %q, %v; want [sk-1 sk-2]", keys, err)
+	}
+	for _, tc := range []struct {
+		name, text string
+		mode       os.FileMode
+		want       string
+	}{
+		{"world", "sk-secret\n", 0o644, "readable by everyone"},
+		{"empty", "# nothing yet\n\n", 0o600, "names no key"},
+		{"blank", "sk-se cret\n", 0o600, "line 1"},
+		{"control", "ok\nsk-se\x01cret\n", 0o600, "line 2"},
+	} {
+		_, err := LoadAPIKeys(write(tc.name, tc.text, tc.mode))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "cret") {
+			t.Errorf("LoadAPIKeys(%s) = %v; want an error saying %q without the key", tc.name, err, tc.want)
+		}
+	}
+	if _, err := LoadAPIKeys(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("LoadAPIKeys(missing) = %v; want os.ErrNotExist", err)
+	}
+
+	c := Config{Home: t.TempDir(), APIKeysFile: good}
+	if err := c.validate(); err != nil || len(c.APIKeys) != 2 {
+		t.Fatalf("validate with a keys file: %v, %d keys; want 2", err, len(c.APIKeys))
+	}
+	c = Config{Home: t.TempDir(), APIKeysFile: filepath.Join(dir, "world")}
+	if err := c.validate(); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("validate with a world-readable keys file = %v; want ErrInvalidConfig", err)
+	}
+	c = Config{Home: t.TempDir(), APIKeys: []string{"sk 1"}}
+	if err := c.validate(); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("validate with a key holding a blank = %v; want ErrInvalidConfig", err)
 	}
 }

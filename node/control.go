@@ -35,6 +35,7 @@ type controlInfo struct {
 	Resumed   bool
 	Gateway   string
 	Runtime   string
+	APIKeys   int // how many; never the keys
 }
 
 // controlServer serves the control API over a MeshView. Its handlers are
@@ -88,6 +89,7 @@ func (s *controlServer) status(w http.ResponseWriter, r *http.Request) {
 		InventoryMode: s.mode(),
 		Gateway:       s.info.Gateway,
 		Runtime:       s.info.Runtime,
+		APIKeys:       s.info.APIKeys,
 	})
 }
 

@@ -217,6 +217,11 @@ type credits struct {
 	mt      *metering
 	busy    map[peer.ID]bool  // exchanges under way
 	refused map[string]string // replicas the meter refused, logged once
+	// tally is the ledger added up for fair share, at tallyAt; gen counts
+	// additions to the ledger, tallyGen the one tally saw.
+	tally         *market.Tally
+	tallyAt       time.Time
+	gen, tallyGen uint64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -415,6 +420,9 @@ func (c *credits) add(raws [][]byte) [][]byte {
 			kept = append(kept, b)
 		}
 	}
+	if len(kept) > 0 {
+		c.gen++
+	}
 	if err := c.file.append(kept); err != nil {
 		c.log.Error("cannot store receipts; they stay in memory until the daemon stops", "err", err)
 	}
@@ -503,6 +511,50 @@ func (c *credits) report() CreditsReport {
 	return rep
 }
 
+// tallyEvery bounds how stale the accounts fair share reads may be when
+// no receipt arrived (the serving nodes' GPU counts can change too).
+const tallyEvery = 10 * time.Second
+
+// account is id's standing in this node's ledger, for fair share: the
+// ledger is added up again only after receipts were added, or after
+// tallyEvery.
+func (c *credits) account(id peer.ID) market.Account {
+	now := c.cfg.Clock.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tally == nil || c.tallyGen != c.gen || now.Sub(c.tallyAt) >= tallyEvery {
+		c.tally, c.tallyAt, c.tallyGen = c.led.Tally(c.caps), now, c.gen
+	}
+	return c.tally.Account(id)
+}
+
+// orderWaiting is coordinator.FairShare by market.Order: owners are peer
+// IDs (Spec.Owner); with accounts nil every owner weighs 1, and an owner
+// the ledger does not know weighs 1 too.
+func orderWaiting(ws []coordinator.Waiting, held map[string]int64, accounts func(peer.ID) market.Account) []coordinator.Waiting {
+	ident := func(owner string) peer.ID {
+		if id, err := peer.Decode(owner); err == nil {
+			return id
+		}
+		return peer.ID(owner) // not a peer ID: no account holds it
+	}
+	in := make([]market.Waiting, len(ws))
+	byID := make(map[string]coordinator.Waiting, len(ws))
+	for i, w := range ws {
+		in[i] = market.Waiting{ID: w.ID, Identity: ident(w.Owner), Milli: w.Milli, Arrival: w.Arrival}
+		byID[w.ID] = w
+	}
+	h := make(map[peer.ID]int64, len(held))
+	for owner, milli := range held {
+		h[ident(owner)] += milli
+	}
+	out := make([]coordinator.Waiting, 0, len(ws))
+	for _, w := range market.Order(in, accounts, h) {
+		out = append(out, byID[w.ID])
+	}
+	return out
+}
+
 // routes serves GET /v1/credits in front of next.
 func (c *credits) routes(next http.Handler) http.Handler {
 	if c == nil {
@@ -520,11 +572,16 @@ func (d *Daemon) startCredits(home string, log *slog.Logger, m meshNode, key cry
 	if dep == nil || parts == nil {
 		return nil, nil
 	}
-	return newCredits(creditsConfig{
+	c, err := newCredits(creditsConfig{
 		Self: m.ID(), Key: key, Pool: m.PoolID(), Home: home, Prices: d.cfg.Prices, Inv: inv,
 		Source:  runnerSource{runner: parts.runner, led: dep.led, record: dep.record},
 		Members: m, Streams: dep.cfg.Streams, Clock: d.cfg.Clock, Log: log, Registerer: reg,
 	})
+	if err != nil {
+		return nil, err
+	}
+	dep.setAccounts(c.account) // fair share weighs owners by this ledger
+	return c, nil
 }
 
 // meshPrice is a price list as the node record announces it, in credits

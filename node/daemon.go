@@ -235,14 +235,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	var wc *weights
 	if wm, ok := m.(weightsMesh); ok {
-		if wc, err = startWeights(home, max(cfg.CacheBytes, 0), wm, log); err != nil {
+		if wc, err = startWeights(home, max(cfg.CacheBytes, 0), meteredWeights{wm, met.weightsIn, met.weightsOut}, log); err != nil {
 			return err
 		}
 		defer wc.close()
 	}
 
 	act := newActivity()
-	dep, err := d.startDeploy(home, log, m, inv, act)
+	dep, err := d.startDeploy(home, log, m, inv, act, met.sched)
 	if err != nil {
 		return err
 	}
@@ -268,6 +268,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		info: controlInfo{
 			Name: cfg.Name, Version: cfg.Version, Home: home,
 			StartedAt: startedAt, Resumed: resumed, Gateway: parts.address(), Runtime: parts.runtime(),
+			APIKeys: len(cfg.APIKeys),
 		},
 		mode:          pr.Mode,
 		ready:         d.ready.Load,

@@ -126,6 +126,9 @@ type deployService struct {
 	// hook shapes each step (failed replicas, autoscaling; node/scale.go);
 	// set once by startServing, under mu.
 	hook stepHook
+	// accounts is the credits ledger's standing per identity, for fair
+	// share (set by startCredits, under mu; nil: every owner weighs 1).
+	accounts func(peer.ID) market.Account
 
 	poke   chan struct{}
 	ctx    context.Context
@@ -154,6 +157,9 @@ func newDeployService(cfg deployConfig) (*deployService, error) {
 	s.view = meshView{members: cfg.Members, self: self, led: led}
 	cc := cfg.Coordinator
 	cc.Self = self
+	if cc.FairShare == nil {
+		cc.FairShare = s.fairShare
+	}
 	var tr coordinator.Transport = s.tr
 	if cfg.wrap != nil {
 		tr = cfg.wrap(tr)
@@ -167,6 +173,22 @@ func newDeployService(cfg deployConfig) (*deployService, error) {
 	s.wg.Add(1)
 	go s.loop()
 	return s, nil
+}
+
+// fairShare orders the pool's waiting deployments by market.Order over
+// this node's credits ledger (coordinator.FairShare).
+func (s *deployService) fairShare(ws []coordinator.Waiting, held map[string]int64) []coordinator.Waiting {
+	s.mu.Lock()
+	acc := s.accounts
+	s.mu.Unlock()
+	return orderWaiting(ws, held, acc)
+}
+
+// setAccounts gives fair share the credits ledger's accounts.
+func (s *deployService) setAccounts(acc func(peer.ID) market.Account) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.accounts = acc
 }
 
 // Close stops the loop and every push under way.
@@ -809,7 +831,7 @@ func (s *deployService) handleRemove(w http.ResponseWriter, r *http.Request) {
 // startDeploy starts the deployment service over m; a mesh that cannot
 // carry streams (a test fake) gets none, and the daemon runs without
 // deployments.
-func (d *Daemon) startDeploy(home string, log *slog.Logger, m meshNode, inv hardware.Inventory, act *activity) (*deployService, error) {
+func (d *Daemon) startDeploy(home string, log *slog.Logger, m meshNode, inv hardware.Inventory, act *activity, met coordinator.Metrics) (*deployService, error) {
 	st, ok := m.(streams)
 	if !ok {
 		return nil, nil
@@ -818,6 +840,7 @@ func (d *Daemon) startDeploy(home string, log *slog.Logger, m meshNode, inv hard
 	return newDeployService(deployConfig{
 		Self: m.ID(), Home: home, Version: d.cfg.Version, Members: m, Streams: st,
 		Announce: ann, Inv: inv, Clock: d.cfg.Clock, Log: log, Activity: act,
+		Coordinator: coordinator.Config{Metrics: met},
 	})
 }
 

@@ -26,7 +26,10 @@ import (
 const ReplicasDir = "replicas"
 
 // replicaInterval: how often the runner compares the ledger's committed
-// reservations with the replicas it runs, and looks at their phases.
+// reservations with the replicas it runs, and looks at their phases. A
+// commit or release on the ledger wakes it at once (ledgerServer.settled);
+// the poll catches the rest (a deployment record that arrives after its
+// reservation, phase changes of running replicas).
 const replicaInterval = 200 * time.Millisecond
 
 // weightsPatience: how long a replica keeps trying to find and fetch its
@@ -195,6 +198,7 @@ func (r *replicaRunner) loop() {
 			}
 			return
 		case <-t.C:
+		case <-r.led.settled:
 		}
 	}
 }

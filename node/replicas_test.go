@@ -3,6 +3,7 @@ package node
 import (
 	"io"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"testing"
 	"time"
@@ -134,5 +135,61 @@ func eventually(d time.Duration, cond func() bool) bool {
 			return false
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The ledger wakes the replica runner when a reservation is committed,
+// released, evicted or expires, and not when one is only held or renewed.
+func TestLedgerSettlesOnCommitAndRelease(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	s := testLedger(t, t.TempDir(), &now)
+	settled := func() bool {
+		select {
+		case <-s.settled:
+			return true
+		default:
+			return false
+		}
+	}
+	steps := []struct {
+		name string
+		call coordinator.Call
+		want bool
+	}{
+		{"reserve", reserveCall("r1#0/1", 500, 10*time.Second), false},
+		{"commit", coordinator.Call{Op: coordinator.OpCommit, IDs: []string{"r1#0/1"}, LeaseMillis: 60_000}, true},
+		{"renew", coordinator.Call{Op: coordinator.OpRenew, IDs: []string{"r1#0/1"}, LeaseMillis: 60_000}, false},
+		{"commit unknown", coordinator.Call{Op: coordinator.OpCommit, IDs: []string{"nope"}, LeaseMillis: 60_000}, false},
+		{"release", coordinator.Call{Op: coordinator.OpRelease, IDs: []string{"r1#0/1"}}, true},
+		{"release again", coordinator.Call{Op: coordinator.OpRelease, IDs: []string{"r1#0/1"}}, false},
+		{"reserve r2", reserveCall("r2#0/1", 500, 5*time.Second), false},
+	}
+	for _, st := range steps {
+		s.serve(st.call)
+		if got := settled(); got != st.want {
+			t.Errorf("after %s: settled %v; want %v", st.name, got, st.want)
+		}
+	}
+	now = now.Add(10 * time.Second)
+	if gone := s.expire(); len(gone) != 1 || !settled() {
+		t.Errorf("expire dropped %d and settled %v; want 1 and true", len(gone), settled())
+	}
+}
+
+func TestLastTrafficNeverInTheFuture(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, c := range []struct {
+		ms   int64
+		want time.Time
+	}{
+		{1500, now.Add(-1500 * time.Millisecond)},
+		{0, now},
+		{-60_000, now},
+		{math.MaxInt64, now.Add(-24 * time.Hour)},
+		{math.MinInt64, now},
+	} {
+		if got := lastTraffic(now, c.ms); !got.Equal(c.want) {
+			t.Errorf("lastTraffic(now, %d) = %v; want %v", c.ms, got, c.want)
+		}
 	}
 }

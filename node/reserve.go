@@ -164,7 +164,9 @@ func decodeAnswer(b []byte) (coordinator.Answer, error) {
 
 // ledgerServer admits reservations against this node's ledger. It
 // serialises every call, persists the reservations after each change and
-// tells whoever listens on changed that the free capacity moved.
+// tells whoever listens on changed that the free capacity moved, and
+// whoever listens on settled that a reservation was committed or ended
+// (the replica runner, which starts and stops replicas on those).
 type ledgerServer struct {
 	mu      sync.Mutex
 	led     *ledger.Ledger
@@ -172,6 +174,7 @@ type ledgerServer struct {
 	now     func() time.Time
 	log     *slog.Logger
 	changed chan struct{}
+	settled chan struct{}
 }
 
 // ledgerFile is the persisted form.
@@ -183,7 +186,7 @@ type ledgerFile struct {
 // lease ended while the daemon was down, or that no longer fit, are
 // dropped (and logged).
 func openLedger(home string, c ledger.Capacity, now func() time.Time, log *slog.Logger) (*ledgerServer, error) {
-	s := &ledgerServer{led: ledger.New(c), path: filepath.Join(home, LedgerFile), now: now, log: log, changed: make(chan struct{}, 1)}
+	s := &ledgerServer{led: ledger.New(c), path: filepath.Join(home, LedgerFile), now: now, log: log, changed: make(chan struct{}, 1), settled: make(chan struct{}, 1)}
 	b, err := os.ReadFile(s.path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -225,6 +228,15 @@ func (s *ledgerServer) save() {
 func (s *ledgerServer) signal() {
 	select {
 	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// settle tells the listener on settled, without blocking, that the set of
+// committed reservations changed.
+func (s *ledgerServer) settle() {
+	select {
+	case s.settled <- struct{}{}:
 	default:
 	}
 }
@@ -302,6 +314,9 @@ func (s *ledgerServer) serve(c coordinator.Call) coordinator.Answer {
 		if c.Op != coordinator.OpRenew {
 			s.signal()
 		}
+		if c.Op == coordinator.OpCommit || c.Op == coordinator.OpRelease || len(a.Evicted) > 0 {
+			s.settle()
+		}
 	}
 	f := wireFree(s.led.Free())
 	a.Free = &f
@@ -316,6 +331,7 @@ func (s *ledgerServer) expire() []ledger.Reservation {
 	if len(gone) > 0 {
 		s.save()
 		s.signal()
+		s.settle()
 	}
 	return gone
 }

@@ -80,6 +80,15 @@ func (a *activity) note(dep string, at time.Time) {
 	}
 }
 
+// lastTraffic is when a peer's report of ms idle milliseconds puts a
+// deployment's last request: a peer's number, so never in the future
+// (which would keep a scale-to-zero deployment awake for ever) and never
+// large enough to overflow.
+func lastTraffic(now time.Time, ms int64) time.Time {
+	ms = min(max(ms, 0), int64(24*time.Hour/time.Millisecond))
+	return now.Add(-time.Duration(ms) * time.Millisecond)
+}
+
 // since is how long ago dep last saw traffic, and whether it ever did.
 func (a *activity) since(dep string, now time.Time) (time.Duration, bool) {
 	if a == nil {
@@ -245,7 +254,7 @@ func (sv *serving) handle(st network.Stream) {
 		}
 	}
 	for dep, ms := range rep.IdleMillis {
-		sv.act.note(dep, now.Add(-time.Duration(ms)*time.Millisecond))
+		sv.act.note(dep, lastTraffic(now, ms))
 	}
 	for dep := range rep.Waiting {
 		sv.act.note(dep, now)
@@ -441,8 +450,9 @@ type gatewayServer struct {
 
 // startGateway starts the gateway: it always serves the requests other
 // nodes' gateways forward to this node's replicas (over the mesh), and
-// listens for clients on addr unless addr is empty.
-func startGateway(addr string, sv *serving, m any, log *slog.Logger, reg prometheus.Registerer) (*gatewayServer, error) {
+// listens for clients on addr unless addr is empty; with keys, clients
+// must present one of them (members' forwarded requests need none).
+func startGateway(addr string, keys []string, sv *serving, m any, log *slog.Logger, reg prometheus.Registerer) (*gatewayServer, error) {
 	var ln net.Listener
 	if addr != "" {
 		var err error
@@ -453,6 +463,7 @@ func startGateway(addr string, sv *serving, m any, log *slog.Logger, reg prometh
 	cfg := gateway.Config{
 		Self: sv.self, Directory: sv, Scaler: sv, Reporter: sv,
 		Registerer:   reg,
+		APIKeys:      keys,
 		Logger:       log.With("component", "gateway"),
 		QueueTimeout: 2 * time.Minute,
 		ScaleUpRetry: 2 * time.Second,
@@ -491,7 +502,7 @@ func startGateway(addr string, sv *serving, m any, log *slog.Logger, reg prometh
 			defer close(g.done)
 			_ = g.srv.Serve(ln)
 		}()
-		log.Info("gateway listening", "addr", g.addr)
+		log.Info("gateway listening", "addr", g.addr, "api_keys", len(keys))
 	}
 	return g, nil
 }
@@ -562,7 +573,7 @@ func (d *Daemon) startServing(home string, log *slog.Logger, m meshNode, dep *de
 	dep.mu.Unlock()
 	newReplicaRunner(p.runner)
 	dep.runs, dep.logs = p.sv.runs, p.runner.logs
-	if p.gw, err = startGateway(d.cfg.Gateway, p.sv, m, log, reg); err != nil {
+	if p.gw, err = startGateway(d.cfg.Gateway, d.cfg.APIKeys, p.sv, m, log, reg); err != nil {
 		p.close()
 		return nil, fmt.Errorf("node: gateway on %s: %w; pass --gateway with another address, or off", d.cfg.Gateway, err)
 	}

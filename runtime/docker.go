@@ -153,6 +153,9 @@ func (d *Docker) Create(ctx context.Context, s Spec) (string, error) {
 		// loopback port is the only way in.
 		Privileged:  false,
 		NetworkMode: network.NetworkBridge,
+		// Its own cgroup namespace (the engine's default is the host's on
+		// cgroup v1), so the replica sees no cgroup paths of the host.
+		CgroupnsMode: container.CgroupnsModePrivate,
 		Resources: container.Resources{
 			NanoCPUs: s.NanoCPUs,
 			Memory:   s.MemoryBytes,

@@ -134,6 +134,26 @@ func TestDockerReferenceServesAndIsAdopted(t *testing.T) {
 	if hc.Privileged || hc.NetworkMode.IsHost() {
 		t.Errorf("privileged %v, network %q; want neither privileged nor the host's network", hc.Privileged, hc.NetworkMode)
 	}
+	// Nothing else of the host: no extra capabilities, devices, binds or
+	// host namespaces, no confinement switched off, and the running
+	// container's mounts are the model dir alone, read-only.
+	if len(hc.CapAdd) != 0 || len(hc.Devices) != 0 || len(hc.Binds) != 0 || len(hc.VolumesFrom) != 0 {
+		t.Errorf("cap-add %v, devices %v, binds %v, volumes-from %v; want none", hc.CapAdd, hc.Devices, hc.Binds, hc.VolumesFrom)
+	}
+	if !hc.CgroupnsMode.IsPrivate() {
+		t.Errorf("cgroup namespace %q; want private", hc.CgroupnsMode)
+	}
+	if hc.PidMode.IsHost() || hc.IpcMode.IsHost() || hc.UTSMode.IsHost() || hc.UsernsMode.IsHost() {
+		t.Errorf("namespaces pid %q ipc %q uts %q userns %q; want none of the host's", hc.PidMode, hc.IpcMode, hc.UTSMode, hc.UsernsMode)
+	}
+	for _, o := range hc.SecurityOpt {
+		if strings.Contains(o, "unconfined") || strings.Contains(o, "disable") {
+			t.Errorf("security option %q; want confinement left on", o)
+		}
+	}
+	if ms := in.Container.Mounts; len(ms) != 1 || ms[0].Source != modelDir || ms[0].RW {
+		t.Errorf("running container mounts = %+v; want only the model dir, read-only", ms)
+	}
 
 	// A restarted daemon finds and adopts it; another owner does not.
 	again, _ := dockerBackend(t, "node-dock-a")

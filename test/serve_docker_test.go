@@ -161,6 +161,11 @@ func TestServeDockerScaleToZero(t *testing.T) {
 	if run.Backend != "docker" {
 		t.Fatalf("replica runs on %q; want docker", run.Backend)
 	}
+	// `shoal nodes` on C shows A's GPU reserved (the reservation was
+	// announced before the container started; the idle timeout is 3 s).
+	if !Eventually(2*time.Second, func() bool { return gpuReserved(t, cn, aID) == 1000 }) {
+		t.Errorf("shoal nodes on C: A's GPU reserved %d milli-GPU while the container runs; want 1000", gpuReserved(t, cn, aID))
+	}
 
 	// The container holds what the reservation says and no more.
 	ctx := context.Background()
@@ -216,6 +221,9 @@ func TestServeDockerScaleToZero(t *testing.T) {
 		t.Fatalf("after the idle timeout A's ledger is %+v and its containers %v; want the GPU free and none", a.ledger(t), containersOf(t, c, aID))
 	}
 	t.Logf("container removed and GPU free %v after the last request (idle timeout 3 s)", time.Since(idleFrom))
+	if !Eventually(10*time.Second, func() bool { return gpuReserved(t, cn, aID) == 0 }) {
+		t.Fatalf("shoal nodes on C: A's GPU still reserved %d milli-GPU after the idle timeout; want 0", gpuReserved(t, cn, aID))
+	}
 
 	// The next request starts it again.
 	again, cold2 := chat(t, base)

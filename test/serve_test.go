@@ -221,6 +221,11 @@ func TestServeScaleToZero(t *testing.T) {
 	if l := a.ledger(t); len(l.Reservations) != 1 || l.Free.GPUs[0].Milli != 0 {
 		t.Fatalf("A's ledger while serving: %+v; want one reservation holding the GPU", l)
 	}
+	// `shoal nodes` on C shows A's GPU reserved (from A's record).
+	aID := a.PeerID()
+	if !Eventually(10*time.Second, func() bool { return gpuReserved(t, c, aID) == 1000 }) {
+		t.Fatalf("shoal nodes on C: A's GPU reserved %d milli-GPU while the replica runs; want 1000", gpuReserved(t, c, aID))
+	}
 
 	// Idle: the replica goes and the GPU is free again.
 	idleFrom := time.Now()
@@ -232,6 +237,12 @@ func TestServeScaleToZero(t *testing.T) {
 		t.Fatalf("after the idle timeout A's ledger is %+v; want the GPU free and no replica", a.ledger(t))
 	}
 	t.Logf("released %v after the last request (idle timeout 3 s)", time.Since(idleFrom))
+	if !Eventually(10*time.Second, func() bool { return gpuReserved(t, c, aID) == 0 }) {
+		t.Fatalf("shoal nodes on C: A's GPU still reserved %d milli-GPU after the idle timeout; want 0", gpuReserved(t, c, aID))
+	}
+	if out, _, err := Run(t, "--home", c.Home, "nodes"); err != nil || !strings.Contains(out, "RESERVED") {
+		t.Errorf("shoal nodes on C = %q, %v; want a RESERVED column", out, err)
+	}
 	if d := c.ps()["ref"]; len(d.Status.Replicas) != 0 {
 		t.Errorf("ps after the idle timeout lists %d replicas; want 0", len(d.Status.Replicas))
 	}
@@ -292,6 +303,26 @@ func TestServeScaleToZero(t *testing.T) {
 		t.Errorf("after rm A still holds %+v", a.ledger(t))
 	}
 	t.Logf("rm: replica stopped and GPU free in %v", time.Since(rmAt))
+}
+
+// gpuReserved is how much of the first GPU of member peer the pool has
+// promised, in milli-GPU, as `shoal nodes -o json` on n shows it (the free
+// capacity in the member's record); -1 when n knows no announcement of it.
+func gpuReserved(t testing.TB, n *Node, peer string) int64 {
+	t.Helper()
+	var ms []node.Member
+	n.JSON(&ms, "nodes")
+	for _, m := range ms {
+		if m.PeerID != peer || len(m.GPUs) == 0 || m.Free == nil {
+			continue
+		}
+		for _, f := range m.Free.GPUs {
+			if f.UUID == m.GPUs[0].UUID {
+				return 1000 - f.Milli
+			}
+		}
+	}
+	return -1
 }
 
 // referenceModel generates a reference model called name with ref and

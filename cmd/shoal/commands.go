@@ -54,9 +54,13 @@ func (a *app) nodesCmd() *cobra.Command {
 without GPUs gets one row with "-"). This node comes first.
 
 Columns: PEER (first 12 characters of the peer ID), NAME, STATE (alive,
-suspect, dead, left), GPU, VRAM (free/total), CUDA CORES, LINK (PCIe or
-NVLink, "-" when unknown), UTIL (GPU utilisation, "-" for declared GPUs),
-SOURCE (nvml: measured; declared: stated by the operator).
+suspect, dead, left), GPU, VRAM (free/total, as the hardware reports it),
+RESERVED (what the member's ledger has promised to replicas: the share of
+the card and its VRAM, e.g. "0.5 GPU, 12.0 GiB"; "-" when nothing), CUDA
+CORES, LINK (PCIe or NVLink, "-" when unknown), UTIL (GPU utilisation, "-"
+for declared GPUs), SOURCE (nvml: measured; declared: stated by the
+operator). Reservations reach other members with the record, within a few
+seconds.
 
 -o json prints the array the control API returns (GET /v1/nodes).`,
 		Example: `  shoal nodes

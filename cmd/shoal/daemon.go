@@ -39,6 +39,7 @@ type daemonFlags struct {
 	gateway string
 	runtime string
 	prices  []string
+	apiKeys string
 }
 
 func (f *daemonFlags) register(cmd *cobra.Command) {
@@ -55,7 +56,9 @@ func (f *daemonFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.gateway, "gateway", "127.0.0.1:8080", "address of the OpenAI-compatible gateway (/v1/models, /v1/chat/completions, ...); port 0 picks a free one (`shoal status` shows it); off: no gateway on this node")
 	fs.StringArrayVar(&f.prices, "price", nil, "what this node asks per GPU-hour, in credits: MODEL=CREDITS for one GPU model (e.g. \"RTX 4090=0.5\"), or CREDITS for every model not named; repeatable (default 0: free)")
 	fs.StringVar(&f.runtime, "runtime", node.RuntimeAuto, "how replicas run: auto (in a container when a Docker engine answers and the template names an image, else as a process), process, or docker")
+	fs.StringVar(&f.apiKeys, "api-keys-file", "", "file of API keys the gateway requires (Authorization: Bearer KEY) on /v1, /d, the dashboard's API and /metrics: one key per line, # for comments; must not be readable by everyone (chmod 600)")
 	cmd.MarkFlagFilename("gpu-file", "yaml", "yml")
+	cmd.MarkFlagFilename("api-keys-file")
 }
 
 // config turns the flags into a node.Config; bad values are usage errors.
@@ -70,6 +73,7 @@ func (f *daemonFlags) config(a *app) (node.Config, error) {
 	}
 	cfg.JoinTimeout = f.joinFor
 	cfg.GPUFile = f.gpuFile
+	cfg.APIKeysFile = f.apiKeys
 	cfg.Version = version
 	cache, err := parseCacheSize(f.cache)
 	if err != nil {

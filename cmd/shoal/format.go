@@ -26,21 +26,47 @@ func newTable(w io.Writer) *tabwriter.Writer {
 // row with "-".
 func writeNodesTable(w io.Writer, ms []node.Member) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "PEER\tNAME\tSTATE\tGPU\tVRAM\tCUDA CORES\tLINK\tUTIL\tSOURCE")
+	fmt.Fprintln(tw, "PEER\tNAME\tSTATE\tGPU\tVRAM\tRESERVED\tCUDA CORES\tLINK\tUTIL\tSOURCE")
 	for _, m := range ms {
 		peer := shortPeer(m.PeerID)
 		name := dash(m.Name)
 		if len(m.GPUs) == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\t-\t-\n", peer, name, m.State)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\n", peer, name, m.State)
 			continue
 		}
 		for _, g := range m.GPUs {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-				peer, name, m.State, dash(g.Name), vram(g.VRAMFreeBytes, g.VRAMTotalBytes),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+				peer, name, m.State, dash(g.Name), vram(g.VRAMFreeBytes, g.VRAMTotalBytes), reserved(g, m.Free),
 				cores(g.CUDACores), link(g), util(g), dash(string(g.Source)))
 		}
 	}
 	return tw.Flush()
+}
+
+// reserved is what the member's ledger has promised of GPU g, from the
+// free capacity it announces: the share of the card and the VRAM, e.g.
+// "0.5 GPU, 12.0 GiB"; "-" when nothing is promised or the member
+// announced nothing (yet) for the card.
+func reserved(g hardware.GPU, free *mesh.FreeCapacity) string {
+	if free == nil {
+		return "-"
+	}
+	for _, f := range free.GPUs {
+		if f.UUID != g.UUID {
+			continue
+		}
+		milli := max(0, 1000-f.Milli)
+		bytes := max(0, int64(g.VRAMTotalBytes)-f.VRAMBytes)
+		if milli == 0 && bytes == 0 {
+			return "-"
+		}
+		share := strconv.FormatFloat(float64(milli)/1000, 'f', -1, 64) + " GPU"
+		if bytes == 0 {
+			return share
+		}
+		return share + ", " + bytesOrDash(uint64(bytes))
+	}
+	return "-"
 }
 
 func shortPeer(id string) string {
@@ -130,6 +156,9 @@ func writeStatus(w io.Writer, st node.Status, now time.Time) error {
 	fmt.Fprintf(tw, "READY\t%s\n", ready)
 	if st.Gateway != "" {
 		fmt.Fprintf(tw, "GATEWAY\thttp://%s\n", st.Gateway)
+	}
+	if st.APIKeys > 0 {
+		fmt.Fprintf(tw, "API KEYS\t%d\n", st.APIKeys)
 	}
 	if st.Runtime != "" {
 		fmt.Fprintf(tw, "RUNTIME\t%s\n", st.Runtime)

@@ -179,11 +179,16 @@ func TestNodesTable(t *testing.T) {
 		{
 			PeerID: "12D3KooWSelfSelfSelfSelf", Name: "lab-1", State: mesh.StateAlive, Self: true,
 			GPUs: []hardware.GPU{
-				{Name: "NVIDIA H100 80GB HBM3", VRAMTotalBytes: 80 << 30, VRAMFreeBytes: 79 << 30, CUDACores: 16896,
+				{UUID: "GPU-h100", Name: "NVIDIA H100 80GB HBM3", VRAMTotalBytes: 80 << 30, VRAMFreeBytes: 79 << 30, CUDACores: 16896,
 					NVLinks: make([]hardware.NVLink, 18), UtilizationPct: 42, Source: hardware.SourceNVML},
-				{Name: "NVIDIA RTX 4090", VRAMTotalBytes: 24 << 30, VRAMFreeBytes: 24064 << 20, CUDACores: 16384,
+				{UUID: "GPU-4090", Name: "NVIDIA RTX 4090", VRAMTotalBytes: 24 << 30, VRAMFreeBytes: 24064 << 20, CUDACores: 16384,
 					PCIeGen: 4, PCIeWidth: 16, UtilizationPct: 0, Source: hardware.SourceNVML},
 			},
+			// Half the H100 and 40 GiB of it promised; the 4090 untouched.
+			Free: &mesh.FreeCapacity{GPUs: []mesh.FreeGPU{
+				{UUID: "GPU-h100", Milli: 500, VRAMBytes: 40 << 30},
+				{UUID: "GPU-4090", Milli: 1000, VRAMBytes: 24 << 30},
+			}},
 		},
 		{
 			PeerID: "12D3KooWLaptopLaptopLaptop", Name: "laptop", State: mesh.StateSuspect,
@@ -195,11 +200,11 @@ func TestNodesTable(t *testing.T) {
 	if err := writeNodesTable(&b, ms); err != nil {
 		t.Fatal(err)
 	}
-	want := `PEER          NAME    STATE    GPU                    VRAM           CUDA CORES  LINK        UTIL  SOURCE
-12D3KooWSelf  lab-1   alive    NVIDIA H100 80GB HBM3  79.0/80.0 GiB  16896       NVLink x18  42%   nvml
-12D3KooWSelf  lab-1   alive    NVIDIA RTX 4090        23.5/24.0 GiB  16384       PCIe4 x16   0%    nvml
-12D3KooWLapt  laptop  suspect  RTX 3060               12.0/12.0 GiB  -           -           -     declared
-12D3KooWNoGP  -       dead     -                      -              -           -           -     -
+	want := `PEER          NAME    STATE    GPU                    VRAM           RESERVED           CUDA CORES  LINK        UTIL  SOURCE
+12D3KooWSelf  lab-1   alive    NVIDIA H100 80GB HBM3  79.0/80.0 GiB  0.5 GPU, 40.0 GiB  16896       NVLink x18  42%   nvml
+12D3KooWSelf  lab-1   alive    NVIDIA RTX 4090        23.5/24.0 GiB  -                  16384       PCIe4 x16   0%    nvml
+12D3KooWLapt  laptop  suspect  RTX 3060               12.0/12.0 GiB  -                  -           -           -     declared
+12D3KooWNoGP  -       dead     -                      -              -                  -           -           -     -
 `
 	if got := b.String(); got != want {
 		t.Errorf("writeNodesTable =\n%s\nwant\n%s", got, want)

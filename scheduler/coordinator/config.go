@@ -54,9 +54,18 @@ type Config struct {
 	ResyncEvery, FullResyncEvery, LearnedFor time.Duration
 	Attempts                                 int
 	CallTimeout                              time.Duration
+	// FairShare orders the pool's waiting deployments of one priority
+	// (fairshare.go); nil: no fair share, each coordinator claims what it
+	// sees free, its own deployments by priority, then ID. YieldFor is how
+	// long an owned deployment leaves capacity to those ahead of it; 0 is
+	// DefaultYieldFor.
+	FairShare FairShare
+	YieldFor  time.Duration
 	// Scheduler configures placement (policy, workload). Its Workload is
 	// shared by every step so that FGD keeps learning.
 	Scheduler scheduler.Config
+	// Metrics, when set, counts placements and refusals.
+	Metrics Metrics
 }
 
 func (c *Config) validate() error {
@@ -75,14 +84,18 @@ func (c *Config) validate() error {
 	def(&c.FullResyncEvery, DefaultFullResyncEvery)
 	def(&c.LearnedFor, DefaultLearnedFor)
 	def(&c.CallTimeout, DefaultCallTimeout)
+	def(&c.YieldFor, DefaultYieldFor)
 	if c.Attempts == 0 {
 		c.Attempts = DefaultAttempts
 	}
-	if c.HoldLease < 0 || c.CommitLease < 0 || c.RenewEvery <= 0 || c.RenewEvery >= c.CommitLease || c.Attempts < 0 {
+	if c.HoldLease < 0 || c.CommitLease < 0 || c.RenewEvery <= 0 || c.RenewEvery >= c.CommitLease || c.Attempts < 0 || c.YieldFor < 0 {
 		return fmt.Errorf("coordinator: config: leases must be positive and RenewEvery (%v) below CommitLease (%v)", c.RenewEvery, c.CommitLease)
 	}
 	if c.Scheduler.Workload == nil {
 		c.Scheduler.Workload = scheduler.NewWorkload()
+	}
+	if c.Metrics == nil {
+		c.Metrics = noMetrics{}
 	}
 	return nil
 }

@@ -44,6 +44,9 @@ type depState struct {
 	// nodes, by reservation ID; after each step only committed ones.
 	res       map[string]Reservation
 	lastRenew time.Time
+	// yieldSince is when it began to leave capacity it fits in to
+	// deployments with a larger fair share (zero: it does not).
+	yieldSince time.Time
 }
 
 type learnedFree struct {
@@ -125,18 +128,22 @@ func (c *Coordinator) Step(ctx context.Context, now time.Time, recs []Record) []
 		c.resync(ctx, c.holders(), ids, ownedSet)
 		c.lastResync = now
 	}
-	// Higher priority first, then by ID: the order is the same on every
-	// member, so a replay gives the same plans.
-	sort.SliceStable(owned, func(i, j int) bool {
-		if a, b := owned[i].Spec.Request.Priority, owned[j].Spec.Request.Priority; a != b {
-			return a > b
-		}
-		return owned[i].ID < owned[j].ID
-	})
+	// Higher priority first, then fair share (fairshare.go), then by ID:
+	// the order is the same on every member, so a replay gives the same
+	// plans.
 	pl := &planner{c: c, nodes: nodes, now: now}
 	out := make([]Update, 0, len(owned))
-	for _, r := range owned {
-		out = append(out, Update{ID: r.ID, Status: c.reconcile(ctx, now, r, alive, pl)})
+	for _, it := range c.order(now, owned, recs) {
+		r := it.rec
+		if !it.owned {
+			pl.yieldTo(r, it.missing)
+			continue
+		}
+		s := c.reconcile(ctx, now, r, alive, pl)
+		if c.cfg.FairShare != nil {
+			s = c.yielding(now, r, s, pl)
+		}
+		out = append(out, Update{ID: r.ID, Status: s})
 		if r.Spec.Deleted && len(c.deps[r.ID].res) == 0 {
 			delete(c.deps, r.ID) // released; nothing left to watch
 		}

@@ -17,6 +17,11 @@
 // itself the owner, asks the nodes which reservations they hold for the
 // deployment, adopts the committed ones and finishes the placement.
 //
+// Under contention, fair share (Config.FairShare, fairshare.go) decides
+// which waiting deployment a freed card goes to: every coordinator orders
+// all waiting deployments of the pool the same way and leaves capacity to
+// those ahead of its own, for at most YieldFor.
+//
 // The package does no I/O of its own: the network comes in through
 // Transport and View, time as an argument. It must not import mesh or node;
 // node adapts them to these interfaces.

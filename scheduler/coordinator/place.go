@@ -17,6 +17,9 @@ type planner struct {
 	now   time.Time
 	pool  *scheduler.Pool
 	err   error
+	// yielded are the other coordinators' deployments this step left
+	// capacity to (fairshare.go).
+	yielded []string
 }
 
 // snapshot is node n as the coordinator believes it now: its record,
@@ -86,6 +89,9 @@ func (p *planner) place(ctx context.Context, r Record, st *depState, missing int
 	}
 	if missing <= 0 {
 		return Status{State: StatePlaced}
+	}
+	if errors.As(last, &ref) {
+		p.c.cfg.Metrics.Refused(string(ref.Reason))
 	}
 	return statusOf(last)
 }
@@ -301,6 +307,10 @@ func (p *planner) reserveEvicting(ctx context.Context, r Record, st *depState, p
 		if fail != nil {
 			p.release(ctx, held)
 			refused = append(refused, fail)
+			var rf *Refused
+			if errors.As(fail, &rf) {
+				c.cfg.Metrics.Refused("node: " + rf.Resource)
+			}
 			if r.Spec.Request.Gang {
 				break
 			}
@@ -313,6 +323,7 @@ func (p *planner) reserveEvicting(ctx context.Context, r Record, st *depState, p
 		st.lastRenew = p.now
 		placed += len(g)
 		done = append(done, g...)
+		c.cfg.Metrics.Placed(string(p.pool.Policy()), len(g))
 	}
 	if len(done) > 0 {
 		_ = p.pool.Commit(scheduler.Plan{Request: r.ID, Class: plan.Class, Priority: plan.Priority, Replicas: done})
