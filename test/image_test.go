@@ -60,6 +60,14 @@ func containerLog(bin, name string) string {
 // with version, and removes it when the test ends.
 func BuildLocalImage(tb testing.TB, bin, tag, version string) {
 	tb.Helper()
+	buildLocalImageIn(tb, bin, tag, version, tb.TempDir())
+}
+
+// buildLocalImageIn is BuildLocalImage staging the image's root file
+// system in dir (dir/rootfs/usr/local/bin holds the static shoal and
+// shoal-reference afterwards).
+func buildLocalImageIn(tb testing.TB, bin, tag, version, dir string) {
+	tb.Helper()
 	mk, err := exec.LookPath("make")
 	if err != nil {
 		tb.Skip("no make in PATH: the node image is built by `make image`")
@@ -73,7 +81,7 @@ func BuildLocalImage(tb testing.TB, bin, tag, version string) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, mk, "-C", root, "image", "IMAGE="+tag, "IMAGEDIR="+tb.TempDir(), "VERSION="+version)
+	cmd := exec.CommandContext(ctx, mk, "-C", root, "image", "IMAGE="+tag, "IMAGEDIR="+dir, "VERSION="+version)
 	cmd.Env = append(os.Environ(), "CGO_CFLAGS=-O2 -Wno-deprecated-declarations")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("make image: %v\n%s", err, out)
