@@ -23,6 +23,7 @@ const (
 	DefaultJoinTimeout       = 20 * time.Second
 	DefaultPeersSaveInterval = 3 * time.Second
 	DefaultLeaveTimeout      = 5 * time.Second
+	DefaultDrainTimeout      = 10 * time.Second
 	DefaultVersion           = "dev"
 	DefaultPort              = 4242
 	// DefaultCacheBytes is the weight cache's size limit: room for a few
@@ -99,6 +100,13 @@ type Config struct {
 	// just closes and the others notice it as dead. Zero: 5s.
 	LeaveTimeout time.Duration
 
+	// DrainTimeout bounds the drain before a graceful leave: the node takes
+	// no new reservation, tells the pool its replicas are stopping so no
+	// gateway sends them more, and waits for the requests in flight on
+	// them to finish. Longer lets slow requests end; shorter leaves sooner.
+	// Zero: 10s.
+	DrainTimeout time.Duration
+
 	// CacheBytes is the size limit of the weight cache in <home>/weights,
 	// in bytes; least recently used unpinned models are evicted to stay
 	// under it. Zero: DefaultCacheBytes; negative: no limit.
@@ -170,6 +178,7 @@ func DefaultConfig() Config {
 		JoinTimeout:       DefaultJoinTimeout,
 		PeersSaveInterval: DefaultPeersSaveInterval,
 		LeaveTimeout:      DefaultLeaveTimeout,
+		DrainTimeout:      DefaultDrainTimeout,
 		Version:           DefaultVersion,
 	}
 }
@@ -233,6 +242,7 @@ func (c *Config) validate() error {
 		{"join timeout", &c.JoinTimeout, DefaultJoinTimeout, time.Millisecond},
 		{"peers save interval", &c.PeersSaveInterval, DefaultPeersSaveInterval, time.Second},
 		{"leave timeout", &c.LeaveTimeout, DefaultLeaveTimeout, time.Millisecond},
+		{"drain timeout", &c.DrainTimeout, DefaultDrainTimeout, time.Millisecond},
 	}
 	for _, d := range durations {
 		if *d.v == 0 {

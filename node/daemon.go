@@ -355,6 +355,7 @@ loop:
 	d.ready.Store(false)
 	d.savePeers(log, m, id)
 	if graceful {
+		parts.drain(cfg.DrainTimeout, log)
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.LeaveTimeout)
 		if err := m.Leave(lctx); err != nil {
 			log.Warn("graceful leave failed; the others will see this node as dead", "err", err)

@@ -175,6 +175,16 @@ type ledgerServer struct {
 	log     *slog.Logger
 	changed chan struct{}
 	settled chan struct{}
+	// leaving: the node drains before it leaves; it admits no new
+	// reservation.
+	leaving bool
+}
+
+// setLeaving makes the ledger refuse every new reservation.
+func (s *ledgerServer) setLeaving() {
+	s.mu.Lock()
+	s.leaving = true
+	s.mu.Unlock()
 }
 
 // ledgerFile is the persisted form.
@@ -258,6 +268,10 @@ func (s *ledgerServer) serve(c coordinator.Call) coordinator.Answer {
 			Claim: claimOf(r.Slot),
 		}
 		var err error
+		if s.leaving {
+			a.Refused = &coordinator.Refused{Resource: "node leaving the pool"}
+			break
+		}
 		if len(c.Evict) > 0 {
 			// The replicas of evicted reservations stop when the runner
 			// next reconciles against the ledger; their coordinators find

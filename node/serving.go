@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -115,6 +116,9 @@ type serving struct {
 	loads   func() map[string]int // the local gateway's in-flight requests per local replica; nil before it runs
 	scale   *scaling              // failed replicas and autoscaling; nil: not kept
 
+	// draining: the node leaves soon; its ready replicas show as stopping.
+	draining atomic.Bool
+
 	mu      sync.Mutex
 	reports map[peer.ID]received
 	local   map[string]time.Time // this gateway's last traffic per deployment
@@ -187,9 +191,46 @@ func (sv *serving) loop() {
 	}
 }
 
+// own is this node's replicas as the pool should see them: while the node
+// drains before leaving, its ready replicas show as stopping, so no
+// gateway, here or on another node, sends them a new request.
+func (sv *serving) own() []ReplicaRun {
+	xs := sv.runner.list()
+	if sv.draining.Load() {
+		for i := range xs {
+			if xs[i].State == PhaseReady {
+				xs[i].State, xs[i].Reason = PhaseStopping, "node leaving the pool"
+			}
+		}
+	}
+	return xs
+}
+
+// drain marks this node's replicas stopping and tells every alive member
+// at once, waiting for their acknowledgements until ctx ends.
+func (sv *serving) drain(ctx context.Context) {
+	sv.draining.Store(true)
+	sv.refresh()
+	rep := sv.report()
+	var wg sync.WaitGroup
+	for _, m := range sv.members.Members() {
+		if m.Self || m.State != mesh.StateAlive || m.PeerID == sv.self {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := pushFrame(ctx, sv.streams, m.PeerID, ServeProtocol, rep, 2*time.Second); err != nil {
+				sv.log.Debug("drain report not pushed", "peer", m.PeerID, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 // report is this node's serving state now.
 func (sv *serving) report() serveReport {
-	rep := serveReport{Replicas: sv.withLoads(sv.runner.list())}
+	rep := serveReport{Replicas: sv.withLoads(sv.own())}
 	now := time.Now()
 	sv.mu.Lock()
 	for dep, t := range sv.local {
@@ -272,7 +313,7 @@ func (sv *serving) handle(st network.Stream) {
 // all is every replica in the pool: this node's from its runner, the
 // others' from their fresh reports while they are alive.
 func (sv *serving) all() []ReplicaRun {
-	out := sv.runner.list()
+	out := sv.own()
 	for _, r := range sv.fresh() {
 		out = append(out, r.Replicas...)
 	}
@@ -321,7 +362,7 @@ func (sv *serving) withLoads(xs []ReplicaRun) []ReplicaRun {
 // others' from their reports) plus requests that wait for a replica on any
 // gateway; and how many replicas are ready.
 func (sv *serving) load(dep string) (concurrency float64, ready int) {
-	for _, x := range sv.withLoads(sv.runner.list()) {
+	for _, x := range sv.withLoads(sv.own()) {
 		if x.Deployment == dep && x.State == PhaseReady {
 			ready++
 			concurrency += float64(x.InFlight)
@@ -431,7 +472,7 @@ func (sv *serving) runs() []ReplicaRun {
 	if sv == nil {
 		return nil
 	}
-	out := sv.withLoads(sv.runner.list())
+	out := sv.withLoads(sv.own())
 	for _, r := range sv.fresh() {
 		out = append(out, r.Replicas...)
 	}
@@ -536,6 +577,48 @@ func (p *servingParts) close() {
 	p.gw.close()
 	p.sv.close()
 	p.runner.close()
+}
+
+// drain runs before a graceful leave: the ledger takes no new
+// reservation, the pool learns that this node's replicas are stopping, and
+// the requests in flight on them (forwarded ones included) get until
+// timeout to finish. The replicas stop afterwards, with the daemon.
+func (p *servingParts) drain(timeout time.Duration, log *slog.Logger) {
+	if p == nil {
+		return
+	}
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	p.runner.led.setLeaving()
+	p.sv.drain(ctx)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		n := p.inFlight()
+		if n == 0 {
+			log.Info("drained", "took", time.Since(began).Round(time.Millisecond))
+			return
+		}
+		select {
+		case <-ctx.Done():
+			log.Warn("drain timed out; stopping replicas with requests in flight", "in_flight", n, "timeout", timeout)
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// inFlight is the requests in flight on this node's replicas.
+func (p *servingParts) inFlight() int {
+	if p.gw == nil {
+		return 0
+	}
+	n := 0
+	for _, v := range p.gw.gw.LocalLoads() {
+		n += v
+	}
+	return n
 }
 
 func (p *servingParts) address() string {

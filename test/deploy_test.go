@@ -68,9 +68,10 @@ type deployment struct {
 	} `json:"status"`
 	Owner string `json:"owner"`
 	Runs  []struct {
-		ID    string `json:"id"`
-		Node  string `json:"node"`
-		State string `json:"state"`
+		ID       string `json:"id"`
+		Node     string `json:"node"`
+		State    string `json:"state"`
+		InFlight int    `json:"in_flight"`
 	} `json:"runs"`
 }
 

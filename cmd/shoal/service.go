@@ -23,8 +23,10 @@ import (
 const serviceUnit = "shoal.service"
 
 // The stop sequence the unit asks of systemd. The daemon treats SIGTERM
-// like Ctrl-C: it leaves the pool gracefully (node.DefaultLeaveTimeout, 5s)
-// and stops its replicas (10s grace each, in parallel). KillMode=process
+// like Ctrl-C: it drains the requests in flight on its replicas
+// (node.DefaultDrainTimeout, 10s), leaves the pool gracefully
+// (node.DefaultLeaveTimeout, 5s) and stops its replicas (10s grace each, in
+// parallel): 25s at most. KillMode=process
 // signals the daemon alone: it stops its replicas itself on a graceful stop,
 // and when it crashes (or outlives TimeoutStopSec and is killed) its
 // replicas keep running and the next start adopts them, as after any
