@@ -363,7 +363,9 @@ func (p *Process) Stop(ctx context.Context, id string, grace time.Duration) erro
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
-		if err != nil || r.State != StateRunning { // exited, or exited and removed meanwhile
+		// Exited, exited and removed meanwhile, or exited and started
+		// again under the same ID (a new process: not the one signalled).
+		if err != nil || r.State != StateRunning || r.Ref != strconv.Itoa(pid) {
 			// Members of the group the leader left behind go too.
 			syscall.Kill(-pid, syscall.SIGKILL)
 			return nil
