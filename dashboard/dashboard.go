@@ -2,8 +2,6 @@ package dashboard
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -16,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/shoalmesh/shoal/runtime/gateway"
 )
 
 // Errors of the dashboard.
@@ -94,7 +94,7 @@ func (c *Config) validate() error {
 // Dashboard serves the page, its API and /metrics. Safe for concurrent use.
 type Dashboard struct {
 	cfg    Config
-	keys   [][sha256.Size]byte
+	keys   gateway.KeyRing
 	assets http.Handler
 }
 
@@ -107,11 +107,7 @@ func New(cfg Config) (*Dashboard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: embedded assets: %w", err)
 	}
-	d := &Dashboard{cfg: cfg, assets: http.StripPrefix("/dashboard/", http.FileServerFS(sub))}
-	for _, k := range cfg.APIKeys {
-		d.keys = append(d.keys, sha256.Sum256([]byte(k)))
-	}
-	return d, nil
+	return &Dashboard{cfg: cfg, keys: gateway.NewKeyRing(cfg.APIKeys), assets: http.StripPrefix("/dashboard/", http.FileServerFS(sub))}, nil
 }
 
 // Handler serves the dashboard's routes and hands every other request to
@@ -197,30 +193,13 @@ func (d *Dashboard) authorize(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		setSecurityHeaders(w.Header())
 		w.Header().Set("Cache-Control", "no-store")
-		if !d.authorized(r) {
+		if !d.keys.Allows(r) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="shoal"`)
 			writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong API key: send Authorization: Bearer KEY (the gateway's key)"})
 			return
 		}
 		h.ServeHTTP(w, r)
 	})
-}
-
-func (d *Dashboard) authorized(r *http.Request) bool {
-	if len(d.keys) == 0 {
-		return true
-	}
-	const bearer = "Bearer "
-	a := r.Header.Get("Authorization")
-	if len(a) < len(bearer) || !strings.EqualFold(a[:len(bearer)], bearer) {
-		return false
-	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(a[len(bearer):])))
-	ok := 0
-	for _, k := range d.keys {
-		ok |= subtle.ConstantTimeCompare(sum[:], k[:])
-	}
-	return ok == 1
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -18,7 +18,6 @@ import (
 	"github.com/shoalmesh/shoal/market"
 	"github.com/shoalmesh/shoal/mesh"
 	"github.com/shoalmesh/shoal/mesh/meshtest"
-	"github.com/shoalmesh/shoal/runtime/runtimetest"
 )
 
 // creditsReport is the part of `shoal credits -o json` the test reads.
@@ -64,23 +63,7 @@ func (r creditsReport) account(peer string) (earned, spent int64, served, consum
 // its ledger does not change.
 func TestCreditsEndToEnd(t *testing.T) {
 	ref := referenceBinary(t)
-	model := filepath.Join(t.TempDir(), "tiny")
-	if err := runtimetest.GenerateModel(ref, model, "tiny", 64<<10); err != nil {
-		t.Fatal(err)
-	}
-	imp := filepath.Join(t.TempDir(), "tiny")
-	if err := os.Mkdir(imp, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"config.json", "vocab.txt", "weights.bin"} {
-		b, err := os.ReadFile(filepath.Join(model, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(imp, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, imp := referenceModel(t, ref, "tiny")
 	began := time.Now()
 	nodes, ids := startPool(t, [][]string{{"--gpu", "RTX 4090:24GiB:16384", "--price", "RTX 4090=36"}, nil, nil})
 	a, c := nodes[0], nodes[2]

@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
-
-	"github.com/shoalmesh/shoal/runtime/runtimetest"
 )
 
 // EnvChromium names the Chromium (or Chrome) binary the browser test
@@ -86,23 +84,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	ref := referenceBinary(t)
 	start := time.Now()
 
-	model := filepath.Join(t.TempDir(), "tiny")
-	if err := runtimetest.GenerateModel(ref, model, "tiny", 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	imp := filepath.Join(t.TempDir(), "tiny")
-	if err := os.Mkdir(imp, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"config.json", "vocab.txt", "weights.bin"} {
-		b, err := os.ReadFile(filepath.Join(model, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(imp, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, imp := referenceModel(t, ref, "tiny")
 
 	nodes, ids := startPool(t, [][]string{
 		{"--name", "tower", "--gpu", "RTX 4090:24GiB:16384"},

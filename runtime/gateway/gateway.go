@@ -26,7 +26,7 @@ import (
 type Gateway struct {
 	cfg  Config
 	m    *metrics
-	keys [][sha256.Size]byte
+	keys KeyRing
 
 	localT, remoteT *http.Transport
 	local, remote   *httputil.ReverseProxy // remote nil without Config.Streams
@@ -75,9 +75,7 @@ func New(cfg Config) (*Gateway, error) {
 		loads: map[replicaKey]int{},
 		rnd:   rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
 		deps:  map[string]*depState{},
-	}
-	for _, k := range cfg.APIKeys {
-		g.keys = append(g.keys, sha256.Sum256([]byte(k)))
+		keys:  NewKeyRing(cfg.APIKeys),
 	}
 	errLog := slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)
 	bufs := &bufferPool{}
@@ -199,7 +197,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Header.Del(hdrDeployment)
 	r.Header.Del(hdrReplica)
 	if len(g.keys) > 0 {
-		if !g.authorized(r) {
+		if !g.keys.Allows(r) {
 			g.fail(rec, "", ErrUnauthorized)
 			return
 		}
@@ -258,7 +256,24 @@ func splitDeploymentPath(esc string) (dep, rest string, err error) {
 	return dep, rest, nil
 }
 
-func (g *Gateway) authorized(r *http.Request) bool {
+// KeyRing holds the SHA-256 of each API key a pool accepts.
+type KeyRing [][sha256.Size]byte
+
+// NewKeyRing hashes keys.
+func NewKeyRing(keys []string) KeyRing {
+	var k KeyRing
+	for _, key := range keys {
+		k = append(k, sha256.Sum256([]byte(key)))
+	}
+	return k
+}
+
+// Allows reports whether r carries "Authorization: Bearer KEY" with one of
+// the ring's keys (compared in constant time). An empty ring allows all.
+func (k KeyRing) Allows(r *http.Request) bool {
+	if len(k) == 0 {
+		return true
+	}
 	const bearer = "Bearer "
 	a := r.Header.Get("Authorization")
 	if len(a) < len(bearer) || !strings.EqualFold(a[:len(bearer)], bearer) {
@@ -266,8 +281,8 @@ func (g *Gateway) authorized(r *http.Request) bool {
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(a[len(bearer):])))
 	ok := 0
-	for _, k := range g.keys {
-		ok |= subtle.ConstantTimeCompare(sum[:], k[:])
+	for _, key := range k {
+		ok |= subtle.ConstantTimeCompare(sum[:], key[:])
 	}
 	return ok == 1
 }
