@@ -33,7 +33,12 @@ type Gateway struct {
 
 	lmu   sync.Mutex
 	loads map[replicaKey]int // requests this gateway has in flight per replica
-	rnd   *rand.Rand
+	// unreachable: nodes a stream could not be opened to, until when. Their
+	// replicas are skipped meanwhile, so requests wait in the queue for
+	// another replica instead of failing one after another while the pool
+	// has not yet noticed the node is gone.
+	unreachable map[peer.ID]time.Time
+	rnd         *rand.Rand
 
 	mu   sync.Mutex
 	deps map[string]*depState // deployments that saw requests here
@@ -70,12 +75,13 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	g := &Gateway{
-		cfg:   cfg,
-		m:     m,
-		loads: map[replicaKey]int{},
-		rnd:   rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
-		deps:  map[string]*depState{},
-		keys:  NewKeyRing(cfg.APIKeys),
+		cfg:         cfg,
+		m:           m,
+		loads:       map[replicaKey]int{},
+		unreachable: map[peer.ID]time.Time{},
+		rnd:         rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
+		deps:        map[string]*depState{},
+		keys:        NewKeyRing(cfg.APIKeys),
 	}
 	errLog := slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)
 	bufs := &bufferPool{}
@@ -295,6 +301,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, dep string, t target, star
 		g.fail(w, "", g.unknown(dep))
 		return
 	}
+	ready = g.reachable(ready)
 	st := g.state(dep)
 	st.begin(g.cfg.Clock.Now())
 	g.m.inFlight.WithLabelValues(dep).Inc()
@@ -379,6 +386,7 @@ func (g *Gateway) wait(ctx context.Context, st *depState, dep string) ([]Replica
 			}
 		}
 		ready, changed, known := g.cfg.Directory.Lookup(dep)
+		ready = g.reachable(ready)
 		if len(ready) > 0 {
 			if st.found() {
 				g.m.coldStarts.WithLabelValues(dep).Inc()
@@ -402,6 +410,38 @@ func (g *Gateway) wait(ctx context.Context, st *depState, dep string) ([]Replica
 			return nil, fmt.Errorf("%w: %q after %v", ErrQueueTimeout, dep, g.cfg.QueueTimeout)
 		}
 	}
+}
+
+// unreachableFor is how long a node whose stream could not be opened is
+// skipped: about the pool's failure detection, after which the Directory
+// has dropped a dead node's replicas anyway.
+const unreachableFor = 5 * time.Second
+
+func (g *Gateway) markUnreachable(p peer.ID) {
+	g.lmu.Lock()
+	g.unreachable[p] = g.cfg.Clock.Now().Add(unreachableFor)
+	g.lmu.Unlock()
+}
+
+// reachable drops the replicas on nodes marked unreachable.
+func (g *Gateway) reachable(ready []Replica) []Replica {
+	g.lmu.Lock()
+	defer g.lmu.Unlock()
+	if len(g.unreachable) == 0 {
+		return ready
+	}
+	now := g.cfg.Clock.Now()
+	out := ready[:0:0]
+	for _, r := range ready {
+		if until, ok := g.unreachable[r.Node]; ok {
+			if now.Before(until) {
+				continue
+			}
+			delete(g.unreachable, r.Node)
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // choose picks a replica among ready (restricted to keep when not nil)
@@ -482,6 +522,9 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		id = t.rep.ID
 	}
 	if errors.Is(err, ErrNoRoute) {
+		if t != nil && t.rep.Node != g.cfg.Self {
+			g.markUnreachable(t.rep.Node)
+		}
 		g.fail(w, "", fmt.Errorf("replica %s: %w", id, err))
 		return
 	}

@@ -618,3 +618,30 @@ func TestNoGoroutineGrowth(t *testing.T) {
 		t.Errorf("goroutines %d after 200 more requests; %d before", now, before)
 	}
 }
+
+// TestUnreachableNodeIsSkipped: a replica listed on a node no stream
+// reaches (it died and the pool has not noticed yet) fails the request
+// that found out, with a 503; the next requests wait in the queue instead
+// of failing too, and are answered once the Directory lists a replica
+// elsewhere.
+func TestUnreachableNodeIsSkipped(t *testing.T) {
+	c := newCrossNode(t)
+	ghost := meshtest.Pool(t, 1, meshtest.Fast)[0] // never joins: no stream reaches it
+	c.dir.Set("tiny", gateway.Replica{ID: "tiny-ghost", Deployment: "tiny", Node: ghost.ID()})
+
+	if a := post(t, c.a.url+"/v1/chat/completions", chatBody("tiny", false)); a.status != http.StatusServiceUnavailable {
+		t.Fatalf("request to the unreachable replica = %d %s; want 503", a.status, a.body)
+	}
+	got := make(chan answer, 1)
+	go func() { got <- post(t, c.a.url+"/v1/chat/completions", chatBody("tiny", false)) }()
+	if !meshtest.Eventually(10*time.Second, func() bool { return c.a.gw.Waiting("tiny") == 1 }) {
+		t.Fatalf("the next request does not wait: Waiting(tiny) = %d", c.a.gw.Waiting("tiny"))
+	}
+	c.dir.Set("tiny", startReplica(t, "tiny", c.nodes[1].ID()))
+	select {
+	case a := <-got:
+		completion(t, a)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting request was not answered once a reachable replica was listed")
+	}
+}
