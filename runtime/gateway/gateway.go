@@ -60,6 +60,9 @@ type target struct {
 	rep           Replica
 	endpoint      *url.URL // local replicas
 	path, rawPath string
+	// retry: when no stream reaches the replica's node, answer nothing
+	// and set unreachable, so that the request is sent elsewhere.
+	retry, unreachable bool
 }
 
 type targetKey struct{}
@@ -311,34 +314,66 @@ func (g *Gateway) serve(w *recorder, r *http.Request, dep string, t target, star
 		g.m.inFlight.WithLabelValues(dep).Dec()
 		g.done(w, dep, route, start)
 	}()
-	if len(ready) == 0 {
-		var err error
-		if ready, err = g.wait(r.Context(), st, dep); err != nil {
-			g.fail(w, dep, err)
+	for attempt := 1; ; attempt++ {
+		if len(ready) == 0 {
+			var err error
+			if ready, err = g.wait(r.Context(), st, dep); err != nil {
+				g.fail(w, dep, err)
+				return
+			}
+		}
+		var unreachable bool
+		route, unreachable = g.forward(w, r, dep, ready, t, attempt < maxAttempts)
+		if !unreachable {
 			return
 		}
+		// No stream reached the replica's node and nothing was answered:
+		// its node is skipped now; try another replica, or wait for one.
+		if r.GetBody != nil {
+			body, err := r.GetBody()
+			if err != nil {
+				g.fail(w, dep, fmt.Errorf("%w: replaying the request: %v", ErrNoRoute, err))
+				return
+			}
+			r.Body = body
+		}
+		ready, _, _ = g.cfg.Directory.Lookup(dep)
+		ready = g.reachable(ready)
 	}
+}
+
+// maxAttempts bounds how often a request is sent again after the node of
+// its replica could not be reached.
+const maxAttempts = 3
+
+// forward proxies r to a replica chosen among ready and returns the route
+// it took. With retry set and a body that can be sent again, a node no
+// stream reaches answers nothing and forward reports it unreachable, for
+// the caller to try elsewhere.
+func (g *Gateway) forward(w *recorder, r *http.Request, dep string, ready []Replica, t target, retry bool) (route string, unreachable bool) {
 	rep, release := g.choose(ready, nil)
 	defer release()
 	t.rep = rep
+	t.retry = retry && (r.GetBody != nil || r.ContentLength == 0)
 	proxy := g.local
 	route = routeLocal
 	if rep.Node == g.cfg.Self {
 		u, err := url.Parse(rep.Endpoint)
 		if err != nil || u.Host == "" {
 			g.fail(w, dep, fmt.Errorf("%w: replica %s has endpoint %q", ErrNoRoute, rep.ID, rep.Endpoint))
-			return
+			return route, false
 		}
 		t.endpoint = u
 	} else {
 		if g.remote == nil {
 			g.fail(w, dep, fmt.Errorf("%w: replica %s is on %s and this gateway has no streams", ErrNoRoute, rep.ID, rep.Node))
-			return
+			return route, false
 		}
 		proxy, route = g.remote, routeRemote
 	}
 	fullDuplex(w)
 	proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), targetKey{}, &t)))
+	return route, t.unreachable
 }
 
 // done accounts for an answered request. It runs deferred, also when the
@@ -524,6 +559,10 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	if errors.Is(err, ErrNoRoute) {
 		if t != nil && t.rep.Node != g.cfg.Self {
 			g.markUnreachable(t.rep.Node)
+			if t.retry {
+				t.unreachable = true
+				return
+			}
 		}
 		g.fail(w, "", fmt.Errorf("replica %s: %w", id, err))
 		return

@@ -620,28 +620,44 @@ func TestNoGoroutineGrowth(t *testing.T) {
 }
 
 // TestUnreachableNodeIsSkipped: a replica listed on a node no stream
-// reaches (it died and the pool has not noticed yet) fails the request
-// that found out, with a 503; the next requests wait in the queue instead
-// of failing too, and are answered once the Directory lists a replica
-// elsewhere.
+// reaches (it died and the pool has not noticed yet) answers nothing; the
+// request is sent again elsewhere, here after waiting in the queue until
+// the Directory lists a replica on a live node, and the node is skipped by
+// the requests that follow. A request whose body cannot be sent again
+// fails cleanly instead.
 func TestUnreachableNodeIsSkipped(t *testing.T) {
 	c := newCrossNode(t)
 	ghost := meshtest.Pool(t, 1, meshtest.Fast)[0] // never joins: no stream reaches it
 	c.dir.Set("tiny", gateway.Replica{ID: "tiny-ghost", Deployment: "tiny", Node: ghost.ID()})
 
-	if a := post(t, c.a.url+"/v1/chat/completions", chatBody("tiny", false)); a.status != http.StatusServiceUnavailable {
-		t.Fatalf("request to the unreachable replica = %d %s; want 503", a.status, a.body)
+	got := make(chan answer, 2)
+	for range 2 {
+		go func() { got <- post(t, c.a.url+"/v1/chat/completions", chatBody("tiny", false)) }()
 	}
-	got := make(chan answer, 1)
-	go func() { got <- post(t, c.a.url+"/v1/chat/completions", chatBody("tiny", false)) }()
-	if !meshtest.Eventually(10*time.Second, func() bool { return c.a.gw.Waiting("tiny") == 1 }) {
-		t.Fatalf("the next request does not wait: Waiting(tiny) = %d", c.a.gw.Waiting("tiny"))
+	if !meshtest.Eventually(10*time.Second, func() bool { return c.a.gw.Waiting("tiny") == 2 }) {
+		t.Fatalf("requests to an unreachable replica do not wait for another: Waiting(tiny) = %d", c.a.gw.Waiting("tiny"))
 	}
 	c.dir.Set("tiny", startReplica(t, "tiny", c.nodes[1].ID()))
-	select {
-	case a := <-got:
-		completion(t, a)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the waiting request was not answered once a reachable replica was listed")
+	for range 2 {
+		select {
+		case a := <-got:
+			completion(t, a)
+		case <-time.After(10 * time.Second):
+			t.Fatal("a waiting request was not answered once a reachable replica was listed")
+		}
+	}
+
+	// A /d/ upload streams its body: it cannot be sent again.
+	ghost2 := meshtest.Pool(t, 1, meshtest.Fast)[0]
+	c.dir.Set("tiny", gateway.Replica{ID: "tiny-ghost2", Deployment: "tiny", Node: ghost2.ID()})
+	pr, pw := io.Pipe()
+	go func() { _, _ = pw.Write([]byte("data")); _ = pw.Close() }()
+	resp, err := http.Post(c.a.url+"/d/tiny/upload", "application/octet-stream", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("streamed upload to an unreachable replica = %d; want 503", resp.StatusCode)
 	}
 }
