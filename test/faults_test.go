@@ -23,36 +23,7 @@ var faultGPU = []string{"--gpu", "RTX 4090:24GiB:16384", "--runtime", "process"}
 
 // bedTemplate is the reference workload on one whole (declared) GPU, one
 // replica always (no scale to zero), as a process in the node's container.
-const bedTemplate = `apiVersion: shoal/v1
-kind: Template
-metadata:
-  name: reference-bed
-  description: the reference workload on one GPU, one replica
-parameters:
-  - name: model
-    type: string
-    required: true
-    description: the reference model's name or ID
-spec:
-  kind: service
-  priority: inference
-  resources:
-    gpus: 1
-    cpu: 0.1
-    memory: 64MiB
-  runtime:
-    command: [shoal-reference]
-    args: [--model-dir, "${shoal.modelDir}", --served-model-name, "${shoal.servedName}"]
-    port: 8000
-    health: /health
-    startTimeout: 20s
-  weights:
-    model: ${model}
-  scaling:
-    minReplicas: 1
-    maxReplicas: 1
-    idleTimeout: 10m
-`
+var bedTemplate = refTemplate("", 1, "10m")
 
 // faultKit is what every scenario shares: the node image and the static
 // reference workload it holds (to generate models on the host).

@@ -23,38 +23,9 @@ import (
 	"github.com/shoalmesh/shoal/runtime/runtimetest"
 )
 
-// serveTemplate is the reference workload on one whole (declared) GPU,
-// scaling to zero after 3 s without traffic.
-const serveTemplate = `apiVersion: shoal/v1
-kind: Template
-metadata:
-  name: reference-gpu
-  description: the reference workload on one GPU, idle after 3 s
-parameters:
-  - name: model
-    type: string
-    required: true
-    description: the reference model's name or ID
-spec:
-  kind: service
-  priority: inference
-  resources:
-    gpus: 1
-    cpu: 0.1
-    memory: 64MiB
-  runtime:
-    command: [shoal-reference]
-    args: [--model-dir, "${shoal.modelDir}", --served-model-name, "${shoal.servedName}"]
-    port: 8000
-    health: /health
-    startTimeout: 20s
-  weights:
-    model: ${model}
-  scaling:
-    minReplicas: 0
-    maxReplicas: 1
-    idleTimeout: 3s
-`
+// serveTemplate is the reference workload on one whole (declared) GPU as
+// a process, scaling to zero after 3 s without traffic.
+var serveTemplate = refTemplate("", 0, "3s")
 
 var (
 	refOnce sync.Once
