@@ -51,6 +51,12 @@ type Config struct {
 	// DeadAfter is the silence after which a member is dead. Failure
 	// detection takes about DeadAfter plus one HeartbeatInterval.
 	DeadAfter time.Duration
+	// PingTimeout is how long a connection to a member that turned suspect
+	// or dead may take to answer one ping before it is closed as dead and
+	// the member dialled again on its other addresses. Shorter replaces a
+	// silently dead connection sooner; too short for the path's round trip
+	// under load closes live connections.
+	PingTimeout time.Duration
 	// ForgetAfter is how long dead and left members stay listed.
 	ForgetAfter time.Duration
 	// MaxMembersConnected bounds the direct connections opened to members
@@ -73,6 +79,7 @@ func DefaultConfig() Config {
 		HeartbeatInterval:   time.Second,
 		SuspectAfter:        3 * time.Second,
 		DeadAfter:           6 * time.Second,
+		PingTimeout:         2 * time.Second,
 		ForgetAfter:         time.Hour,
 		MaxMembersConnected: 128,
 	}
@@ -101,6 +108,9 @@ func (c *Config) validate() error {
 	if c.DeadAfter == 0 {
 		c.DeadAfter = d.DeadAfter
 	}
+	if c.PingTimeout == 0 {
+		c.PingTimeout = d.PingTimeout
+	}
 	if c.ForgetAfter == 0 {
 		c.ForgetAfter = d.ForgetAfter
 	}
@@ -117,6 +127,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: suspect-after %s must be at least two heartbeats (%s)", ErrConfig, c.SuspectAfter, 2*c.HeartbeatInterval)
 	case c.DeadAfter <= c.SuspectAfter:
 		return fmt.Errorf("%w: dead-after %s must exceed suspect-after %s", ErrConfig, c.DeadAfter, c.SuspectAfter)
+	case c.PingTimeout < 0:
+		return fmt.Errorf("%w: negative ping timeout", ErrConfig)
 	case c.ForgetAfter < c.DeadAfter:
 		return fmt.Errorf("%w: forget-after %s below dead-after %s", ErrConfig, c.ForgetAfter, c.DeadAfter)
 	case c.MaxMembersConnected < 0:

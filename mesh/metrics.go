@@ -17,7 +17,9 @@ type meshMetrics struct {
 	members         *prometheus.GaugeVec
 	gossip          *gossipTracer
 	health          prometheus.Gauge
+	deadConns       prometheus.Counter
 	suspicions      atomic.Int64
+	deadConnsClosed atomic.Int64
 }
 
 func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *meshMetrics {
@@ -47,6 +49,10 @@ func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *me
 			Name: "shoal_mesh_local_health_score",
 			Help: "How overloaded this node looks to itself (0 healthy, up to 8); failure-detection timeouts are stretched by 1 + score.",
 		}),
+		deadConns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_mesh_dead_connections_closed_total",
+			Help: "Connections to suspect or dead members closed because they did not answer a ping.",
+		}),
 	}
 	if reg == nil {
 		return m
@@ -66,7 +72,7 @@ func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *me
 			return float64(sum)
 		}
 	}
-	reg.MustRegister(m.admissions, m.recordsRejected, m.gossipRejected, m.transitions, m.members, m.gossip.dropped, m.health,
+	reg.MustRegister(m.admissions, m.recordsRejected, m.gossipRejected, m.transitions, m.members, m.gossip.dropped, m.health, m.deadConns,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_received_bytes_total", Help: "GossipSub bytes received."}, gossip(true)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_sent_bytes_total", Help: "GossipSub bytes sent."}, gossip(false)),
 	)

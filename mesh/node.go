@@ -29,6 +29,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
@@ -110,6 +111,7 @@ type Node struct {
 	leaving     bool
 	inflight    map[peer.ID]*admission
 	fetching    map[peer.ID]bool
+	checking    map[peer.ID]bool      // members whose connections are being checked
 	wanted      map[peer.ID]time.Time // since when a member's record is missing
 }
 
@@ -145,6 +147,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		members:     newMembership(timing{cfg.SuspectAfter, cfg.DeadAfter, cfg.ForgetAfter}),
 		inflight:    map[peer.ID]*admission{},
 		fetching:    map[peer.ID]bool{},
+		checking:    map[peer.ID]bool{},
 		wanted:      map[peer.ID]time.Time{},
 	}
 	n.met = newMeshMetrics(cfg.Metrics, n.bw)
@@ -163,6 +166,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		libp2p.ListenAddrs(cfg.ListenAddrs...),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(quic.NewTransport),
+		libp2p.Muxer(yamux.ID, yamuxTransport()),
 		libp2p.ConnectionGater(gater{n.adm}),
 		libp2p.ConnectionManager(cm),
 		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirstDialRanker)),
@@ -983,6 +987,12 @@ func (n *Node) tick(now time.Time) {
 	n.mu.Unlock()
 	for _, tr := range trs {
 		n.logTransition(tr)
+		if tr.to == StateSuspect || tr.to == StateDead {
+			// Silence while still connected may be a connection that
+			// died without a word: check it rather than wait for the
+			// muxer's keepalive.
+			n.checkSoon(tr.peer)
+		}
 	}
 	for _, s := range []State{StateAlive, StateSuspect, StateDead, StateLeft} {
 		n.met.members.WithLabelValues(string(s)).Set(float64(counts[s]))
@@ -1331,11 +1341,14 @@ type Stats struct {
 	// GossipLost counts gossip dropped on the way (full queues, a slow
 	// reader, refused messages); Suspicions counts members turned suspect.
 	GossipLost, Suspicions int64
+	// DeadConnsClosed counts connections to silent members closed because
+	// they did not answer a ping.
+	DeadConnsClosed int64
 }
 
 // Stats reports gossip traffic so far and connected members.
 func (n *Node) Stats() Stats {
-	s := Stats{GossipLost: n.met.gossip.lost.Load(), Suspicions: n.met.suspicions.Load()}
+	s := Stats{GossipLost: n.met.gossip.lost.Load(), Suspicions: n.met.suspicions.Load(), DeadConnsClosed: n.met.deadConnsClosed.Load()}
 	for proto, st := range n.bw.GetBandwidthByProtocol() {
 		if strings.HasPrefix(string(proto), "/meshsub/") {
 			s.GossipBytesIn += st.TotalIn
