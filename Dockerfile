@@ -16,12 +16,12 @@
 # - --gpus all (or --gpus '"device=0,1"'): the cards this node offers; NVML
 #   measures them. Without --gpus, declare cards with --gpu NAME:VRAM.
 # - --network host: the node listens on 4242 (TCP and QUIC), finds LAN
-#   members by mDNS and asks the router to forward its port; none of that
-#   crosses Docker's bridge, and a join token made behind the bridge carries
-#   the container's own addresses. Without host networking, publish the
+#   members by mDNS and asks the router to forward its port (weights travel
+#   on TCP 4243); none of that crosses Docker's bridge, and a join token
+#   made behind the bridge carries the container's own addresses. Without host networking, publish the
 #   ports and turn mDNS and port mapping off, and let this node join others
 #   rather than hand out tokens:
-#     -p 4242:4242/tcp -p 4242:4242/udp -p 127.0.0.1:8080:8080 \
+#     -p 4242:4242/tcp -p 4242:4242/udp -p 4243:4243/tcp -p 127.0.0.1:8080:8080 \
 #     shoal join TOKEN --mdns=false --nat=false --gateway 0.0.0.0:8080
 # - The home (node key, pool secret, weight cache) is /var/lib/shoal: keep it
 #   on a volume, or the node has a new identity and an empty cache after every
@@ -62,7 +62,7 @@ ENV SHOAL_HOME=/var/lib/shoal \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 VOLUME /var/lib/shoal
-EXPOSE 4242/tcp 4242/udp 8080/tcp
+EXPOSE 4242/tcp 4242/udp 4243/tcp 8080/tcp
 # SIGTERM (docker stop) makes the node leave the pool gracefully; give it
 # time: docker stop -t 30.
 STOPSIGNAL SIGTERM

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -63,8 +64,13 @@ func (s *controlServer) handler() http.Handler {
 		s.weights.register(mux)
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
+	// Go's profiler, on the owner-only control socket and nowhere else:
+	//	curl --unix-socket HOME/control.sock http://shoal/debug/pprof/profile?seconds=10 > cpu.pprof
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no endpoint %s %s; see GET /v1/status, /v1/nodes, /v1/token, /v1/records/{peer}, /metrics and POST /v1/leave", r.Method, r.URL.Path)
+		writeError(w, http.StatusNotFound, "no endpoint %s %s; see GET /v1/status, /v1/nodes, /v1/token, /v1/records/{peer}, /metrics, /debug/pprof/ and POST /v1/leave", r.Method, r.URL.Path)
 	})
 	return mux
 }

@@ -235,7 +235,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	var wc *weights
 	if wm, ok := m.(weightsMesh); ok {
-		if wc, err = startWeights(home, max(cfg.CacheBytes, 0), meteredWeights{wm, met.weightsIn, met.weightsOut}, log); err != nil {
+		if wc, err = startWeights(home, max(cfg.CacheBytes, 0), meteredWeights{wm, met.weightsIn, met.weightsOut}, bulkListenAddr(cfg.ListenAddrs), log); err != nil {
 			return err
 		}
 		defer wc.close()

@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/multiformats/go-multiaddr"
 
 	"github.com/shoalmesh/shoal/mesh"
 	"github.com/shoalmesh/shoal/weightcache"
@@ -64,7 +67,11 @@ type weights struct {
 
 // startWeights opens the store in home with a size limit of maxBytes
 // (0: none), serves it on m and starts announcing it.
-func startWeights(home string, maxBytes int64, m weightsMesh, log *slog.Logger) (*weights, error) {
+//
+// Chunks travel over bulk connections (see weightcache.BulkProtocol) served
+// on bulkAddr ("host:port"; "" serves none, so peers use libp2p streams).
+// Where that port cannot be had, a free one is taken.
+func startWeights(home string, maxBytes int64, m weightsMesh, bulkAddr string, log *slog.Logger) (*weights, error) {
 	log = log.With("component", "weights")
 	st, err := weightcache.Open(weightcache.Config{Dir: filepath.Join(home, WeightsDir), MaxBytes: maxBytes, Logger: log})
 	if err != nil {
@@ -74,7 +81,7 @@ func startWeights(home string, maxBytes int64, m weightsMesh, log *slog.Logger) 
 	// its peer ID), so nodes pulling one model at once trade chunks.
 	seed := fnv.New64a()
 	_, _ = seed.Write([]byte(m.ID()))
-	f, err := weightcache.NewFetcher(st, m, poolFinder{m}, m, weightcache.FetchConfig{Seed: seed.Sum64() | 1})
+	f, err := weightcache.NewFetcher(st, m, poolFinder{m}, m, weightcache.FetchConfig{Seed: seed.Sum64() | 1, Traffic: trafficOf(m)})
 	if err != nil {
 		return nil, fmt.Errorf("node: weight fetcher: %w", err)
 	}
@@ -84,6 +91,19 @@ func startWeights(home string, maxBytes int64, m weightsMesh, log *slog.Logger) 
 		kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}),
 	}
 	w.srv = weightcache.Serve(st, m)
+	if bulkAddr != "" {
+		addr, err := w.srv.ListenBulk(bulkAddr, trafficOf(m))
+		if err != nil {
+			host, _, _ := net.SplitHostPort(bulkAddr)
+			log.Warn("bulk port taken; using a free one", "want", bulkAddr, "err", err)
+			addr, err = w.srv.ListenBulk(net.JoinHostPort(host, "0"), trafficOf(m))
+		}
+		if err != nil {
+			log.Warn("no bulk connections; chunks go over libp2p streams", "err", err)
+		} else {
+			log.Info("serving weights over bulk connections", "addr", addr)
+		}
+	}
 	w.publishModels()
 	go w.run(ctx)
 	w.changed()
@@ -207,4 +227,42 @@ func holders(ms []mesh.Member, id string) []peer.ID {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// trafficOf counts bulk connection bytes in the same meters as the weight
+// streams of m, when m is metered.
+func trafficOf(m weightsMesh) weightcache.Traffic {
+	if mm, ok := m.(meteredWeights); ok {
+		return weightcache.Traffic{In: mm.in.add, Out: mm.out.add}
+	}
+	return weightcache.Traffic{}
+}
+
+// bulkListenAddr is where weight bulk connections are served: the host of
+// the first TCP listen address and the port after its port (4243 next to
+// the default 4242), or a free port when the TCP port is picked at
+// random. No TCP listen address: "" (no bulk connections).
+func bulkListenAddr(addrs []multiaddr.Multiaddr) string {
+	for _, a := range addrs {
+		var host, port string
+		for _, c := range a {
+			switch c.Protocol().Code {
+			case multiaddr.P_IP4, multiaddr.P_IP6:
+				host = c.Value()
+			case multiaddr.P_TCP:
+				port = c.Value()
+			case multiaddr.P_WS, multiaddr.P_WSS, multiaddr.P_CIRCUIT:
+				port = ""
+			}
+		}
+		if host == "" || port == "" {
+			continue
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil || p == 0 || p >= 65535 {
+			return net.JoinHostPort(host, "0")
+		}
+		return net.JoinHostPort(host, strconv.Itoa(p+1))
+	}
+	return ""
 }

@@ -29,7 +29,7 @@ func TestWeightsAPIAcrossTwoNodes(t *testing.T) {
 	var ws []*weights
 	var hs []http.Handler
 	for _, n := range nodes {
-		w, err := startWeights(t.TempDir(), 0, n, slog.New(slog.DiscardHandler))
+		w, err := startWeights(t.TempDir(), 0, n, "127.0.0.1:0", slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -38,10 +39,15 @@ func BenchmarkWeightsFetch1GiB(b *testing.B) {
 		if !Eventually(20*time.Second, func() bool { m, ok := ModelByID(fetcher.Models(), id); return ok && m.Peers == 1 }) {
 			b.Fatal("fetcher never saw the seeded model")
 		}
+		nodes := []*Node{seeder, fetcher}
+		profiled := profileDaemons(b, nodes, 8)
+		cpu0 := daemonsCPU(b, nodes)
 		t0 := time.Now()
 		var r PullResult
 		fetcher.JSON(&r, "weights", "pull", id)
 		pull := time.Since(t0)
+		cpu := daemonsCPU(b, nodes) - cpu0
+		profiled()
 		seeder.Stop()
 		fetcher.Stop()
 
@@ -52,8 +58,10 @@ func BenchmarkWeightsFetch1GiB(b *testing.B) {
 		b.ReportMetric(gb(raw), "GB/s-rawtcp")
 		b.ReportMetric(gb(web), "GB/s-http")
 		b.ReportMetric(gb(pull)/gb(raw), "pull/rawtcp")
-		b.Logf("%d bytes: pull %v (%.2f GB/s, %d peers, sessions by transport %v), raw TCP %v (%.2f GB/s), HTTP %v (%.2f GB/s)",
-			total, pull.Round(time.Millisecond), gb(pull), r.Peers, r.Transports, raw.Round(time.Millisecond), gb(raw), web.Round(time.Millisecond), gb(web))
+		cpuPerGiB := cpu.Seconds() / (float64(total) / (1 << 30))
+		b.ReportMetric(cpuPerGiB, "CPU-s/GiB-pull")
+		b.Logf("%d bytes: pull %v (%.2f GB/s, %d peers, sessions by transport %v, %.2f CPU-s/GiB both daemons), raw TCP %v (%.2f GB/s), HTTP %v (%.2f GB/s)",
+			total, pull.Round(time.Millisecond), gb(pull), r.Peers, r.Transports, cpuPerGiB, raw.Round(time.Millisecond), gb(raw), web.Round(time.Millisecond), gb(web))
 	}
 }
 
@@ -208,11 +216,19 @@ func BenchmarkWeightsShaped(b *testing.B) {
 				b.Fatalf("fetcher %d never saw the seeded models", j)
 			}
 		}
+		idle0 := daemonsCPU(b, append(nodes, seeder))
+		time.Sleep(3 * time.Second)
+		idle := (daemonsCPU(b, append(nodes, seeder)) - idle0) / 3
+		b.Logf("%d daemons idle: %v CPU per second together", len(nodes)+1, idle)
 		var n1 time.Duration
 		for k, n := range []int{1, 2, 4, 8} {
 			id := ids[k]
 			up0 := sn.rxBytes(b, 0)
 			cpu0 := daemonsCPU(b, append(nodes, seeder))
+			profiled := func() {}
+			if n == 8 { // the profiles (SHOAL_BENCH_PPROF) cover the most crowded round
+				profiled = profileDaemons(b, append(nodes, seeder), 10)
+			}
 			t0 := time.Now()
 			var wg sync.WaitGroup
 			errs := make([]error, n)
@@ -234,6 +250,18 @@ func BenchmarkWeightsShaped(b *testing.B) {
 			wall := time.Since(t0)
 			up := sn.rxBytes(b, 0) - up0
 			cpu := daemonsCPU(b, append(nodes, seeder)) - cpu0
+			if os.Getenv("SHOAL_BENCH_FAULTS") != "" {
+				var flt int64
+				for _, d := range append(nodes, seeder) {
+					st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.PID))
+					f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+					var v int64
+					fmt.Sscan(f[7], &v)
+					flt += v
+				}
+				b.Logf("N=%d: minor faults so far %d", n, flt)
+			}
+			profiled()
 			for _, err := range errs {
 				if err != nil {
 					b.Fatalf("N=%d: pull: %v", n, err)
@@ -263,6 +291,42 @@ func BenchmarkWeightsShaped(b *testing.B) {
 			n.Stop()
 		}
 	}
+}
+
+// profileDaemons starts a CPU profile of each daemon when
+// SHOAL_BENCH_PPROF names a directory, and returns a func that waits for
+// the profiles and writes them there as <pid>.pprof (go tool pprof reads
+// them). Without the variable it does nothing.
+func profileDaemons(tb testing.TB, nodes []*Node, seconds int) func() {
+	dir := os.Getenv("SHOAL_BENCH_PPROF")
+	if dir == "" {
+		return func() {}
+	}
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(n.Home, "control.sock"))
+			}}}
+			resp, err := c.Get(fmt.Sprintf("http://shoal/debug/pprof/profile?seconds=%d", seconds))
+			if err != nil {
+				tb.Errorf("profile %d: %v", n.PID, err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%d.pprof", n.PID)))
+			if err != nil {
+				tb.Errorf("profile: %v", err)
+				return
+			}
+			defer f.Close()
+			io.Copy(f, resp.Body)
+		}()
+	}
+	time.Sleep(100 * time.Millisecond) // the profiles have started
+	return wg.Wait
 }
 
 // daemonsCPU is the user+system CPU time the daemons have used so far

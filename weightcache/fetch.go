@@ -51,6 +51,11 @@ type FetchConfig struct {
 	MaxDup int
 	// Now is the clock for progress reports; default time.Now.
 	Now func() time.Time
+	// StreamsOnly keeps chunk sessions on libp2p streams; by default each
+	// asks the server for a bulk connection first (see BulkProtocol).
+	StreamsOnly bool
+	// Traffic counts the bytes moved over bulk connections.
+	Traffic Traffic
 	// Seed picks where in the model this node starts among chunks that are
 	// equally rare (see picker); zero draws one at random. Fetchers that
 	// start at different places have chunks to trade from the first
@@ -156,8 +161,9 @@ type Fetcher struct {
 	cfg   FetchConfig
 	log   *slog.Logger
 
-	mu   sync.Mutex
-	bans map[string]map[peer.ID]bool // model ID → peers that sent it bad data
+	mu     sync.Mutex
+	bans   map[string]map[peer.ID]bool // model ID → peers that sent it bad data
+	noBulk map[peer.ID]time.Time       // peers not asked for bulk connections until then
 }
 
 // NewFetcher returns a fetcher for st over the mesh (dial, find; ann may
@@ -167,7 +173,7 @@ func NewFetcher(st *Store, dial Dialer, find Finder, ann Announcer, cfg FetchCon
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Fetcher{store: st, dial: dial, find: find, ann: ann, cfg: cfg, log: st.log, bans: map[string]map[peer.ID]bool{}}, nil
+	return &Fetcher{store: st, dial: dial, find: find, ann: ann, cfg: cfg, log: st.log, bans: map[string]map[peer.ID]bool{}, noBulk: map[peer.ID]time.Time{}}, nil
 }
 
 // Banned lists the peers banned for model id.
@@ -514,6 +520,23 @@ func (ft *fetch) noProviders(last error) error {
 	return fmt.Errorf("%w: %s", ErrNoProviders, ft.id)
 }
 
+// session opens a chunk session with p: over a bulk connection when p
+// offers one, else over a libp2p stream.
+func (f *Fetcher) session(ctx context.Context, p peer.ID) (conn, error) {
+	if !f.cfg.StreamsOnly {
+		if c, err := f.dialBulk(ctx, p); err == nil {
+			return c, nil
+		}
+	}
+	octx, cancel := context.WithTimeout(ctx, f.cfg.StallTimeout)
+	defer cancel()
+	s, err := f.dial.OpenStream(octx, p, Protocol)
+	if err != nil {
+		return nil, err
+	}
+	return streamConn{s}, nil
+}
+
 // errLocal wraps failures on this node's side (disk), which end the fetch.
 var errLocal = errors.New("weightcache: local failure")
 
@@ -525,9 +548,7 @@ var errBadChunk = fmt.Errorf("%w: chunk failed verification", ErrHashMismatch)
 // protocol error: dropped).
 func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 	cfg := ft.f.cfg
-	octx, ocancel := context.WithTimeout(ctx, cfg.StallTimeout)
-	s, err := ft.f.dial.OpenStream(octx, p, Protocol)
-	ocancel()
+	s, err := ft.f.session(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -552,7 +573,7 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 	if ft.stats.Transports == nil {
 		ft.stats.Transports = map[string]int{}
 	}
-	ft.stats.Transports[transportOf(s)]++
+	ft.stats.Transports[s.Transport()]++
 	ft.mu.Unlock()
 	l := ft.p.l
 	n := len(l.chunks)

@@ -252,21 +252,41 @@ func (p *partial) write(i int, data []byte) (wrote bool, err error) {
 			return false, diskErr(err)
 		}
 	}
-	if _, err := pf.f.WriteAt(data, c.off); err != nil {
-		return false, diskErr(err)
-	}
-	var rec [4]byte
-	binary.LittleEndian.PutUint32(rec[:], uint32(i-p.l.first[c.file]))
-	if _, err := pf.log.Write(rec[:]); err != nil {
-		return false, diskErr(err)
-	}
-	// Before the chunk is marked held, so finish never reads it back.
+	// The chunk next in its file's order goes into the file's SHA-256
+	// while it is written (on another core), and before it is marked
+	// held, so finish never reads it back.
 	pf.hmu.Lock()
+	var hashed chan struct{}
 	if pf.next == i {
-		pf.h.Write(data)
-		pf.next++
+		hashed = make(chan struct{})
+		go func() {
+			pf.h.Write(data)
+			close(hashed)
+		}()
+	} else {
+		pf.hmu.Unlock()
 	}
-	pf.hmu.Unlock()
+	_, err = pf.f.WriteAt(data, c.off)
+	if err == nil {
+		var rec [4]byte
+		binary.LittleEndian.PutUint32(rec[:], uint32(i-p.l.first[c.file]))
+		_, err = pf.log.Write(rec[:])
+	}
+	if hashed != nil {
+		<-hashed
+		if err == nil {
+			pf.next++
+		} else {
+			// The hash took a chunk that is not held: start it over;
+			// finish reads the file back from its first chunk.
+			pf.h.Reset()
+			pf.next = p.l.first[c.file]
+		}
+		pf.hmu.Unlock()
+	}
+	if err != nil {
+		return false, diskErr(err)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.have[i] {

@@ -34,16 +34,17 @@ type Server struct {
 
 	mu       sync.Mutex
 	closed   bool
-	sessions map[network.Stream]struct{}
+	sessions map[conn]struct{}
 	seeding  map[string]*seeding // per model served whole: see seeding
+	bulk     *bulkListener       // nil until ListenBulk
 	wg       sync.WaitGroup
 }
 
 // Serve starts serving st on reg. Close stops it and waits for the
 // sessions in progress to end.
 func Serve(st *Store, reg Registrar) *Server {
-	srv := &Server{store: st, reg: reg, log: st.log, sessions: map[network.Stream]struct{}{}, seeding: map[string]*seeding{}}
-	reg.Handle(Protocol, srv.handle)
+	srv := &Server{store: st, reg: reg, log: st.log, sessions: map[conn]struct{}{}, seeding: map[string]*seeding{}}
+	reg.Handle(Protocol, func(s network.Stream) { srv.handle(streamConn{s}) })
 	return srv
 }
 
@@ -56,12 +57,17 @@ func (srv *Server) Close() error {
 	for s := range srv.sessions {
 		_ = s.Reset()
 	}
+	bl := srv.bulk
 	srv.mu.Unlock()
+	if bl != nil {
+		srv.reg.RemoveHandler(BulkProtocol)
+		bl.close()
+	}
 	srv.wg.Wait()
 	return nil
 }
 
-func (srv *Server) handle(s network.Stream) {
+func (srv *Server) handle(s conn) {
 	srv.mu.Lock()
 	if srv.closed {
 		srv.mu.Unlock()
@@ -78,14 +84,14 @@ func (srv *Server) handle(s network.Stream) {
 		srv.wg.Done()
 	}()
 	if err := srv.session(s); err != nil && !errors.Is(err, io.EOF) {
-		srv.log.Debug("weight session ended", "peer", s.Conn().RemotePeer(), "err", err)
+		srv.log.Debug("weight session ended", "peer", s.RemotePeer(), "transport", s.Transport(), "err", err)
 		_ = s.Reset()
 		return
 	}
 	_ = s.Close()
 }
 
-func (srv *Server) session(s network.Stream) error {
+func (srv *Server) session(s conn) error {
 	_ = s.SetReadDeadline(time.Now().Add(helloTimeout))
 	r := bufio.NewReader(s)
 	h, err := readHello(r)
@@ -112,7 +118,7 @@ func (srv *Server) session(s network.Stream) error {
 // so disk, hashing and the network overlap. A model held whole is served
 // super-seeding (see seeding): the loader may load another chunk than the
 // one asked for.
-func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) error {
+func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
 	p, err := srv.store.openReader(id)
 	if err != nil {
 		code := uint32(codeNotFound)
@@ -126,10 +132,10 @@ func (srv *Server) serveChunks(s network.Stream, r *bufio.Reader, id string) err
 		return err
 	}
 	_ = s.SetReadDeadline(time.Time{})
-	p.offerPeer(s.Conn().RemotePeer())
+	p.offerPeer(s.RemotePeer())
 	subs, bf := p.subscribe()
 	defer p.unsubscribe(subs)
-	sd, ss := srv.joinSeeding(id, p, s.Conn().RemotePeer(), theirs)
+	sd, ss := srv.joinSeeding(id, p, s.RemotePeer(), theirs)
 	if sd != nil {
 		defer srv.leaveSeeding(id, sd, ss)
 	}
