@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,10 +61,15 @@ type target struct {
 	rep           Replica
 	endpoint      *url.URL // local replicas
 	path, rawPath string
-	// retry: when no stream reaches the replica's node, answer nothing
-	// and set unreachable, so that the request is sent elsewhere.
-	retry, unreachable bool
+	// retry: when no stream reaches the replica's node, or the stream
+	// breaks before an answer, answer nothing and set unreachable; when
+	// the node says the replica is gone, answer nothing and set gone. The
+	// request is then sent elsewhere.
+	retry, unreachable, gone bool
 }
+
+// errReplicaGone: the replica's node answered that it holds no such replica.
+var errReplicaGone = errors.New("gateway: the replica's node holds no such replica")
 
 type targetKey struct{}
 
@@ -109,11 +115,12 @@ func New(cfg Config) (*Gateway, error) {
 			DisableCompression:  true,
 		}
 		g.remote = &httputil.ReverseProxy{
-			Rewrite:      g.rewriteRemote,
-			Transport:    g.remoteT,
-			ErrorHandler: g.proxyError,
-			BufferPool:   bufs,
-			ErrorLog:     errLog,
+			Rewrite:        g.rewriteRemote,
+			ModifyResponse: g.remoteAnswer,
+			Transport:      g.remoteT,
+			ErrorHandler:   g.proxyError,
+			BufferPool:     bufs,
+			ErrorLog:       errLog,
 		}
 	}
 	if cfg.Server != nil {
@@ -309,6 +316,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, dep string, t target, star
 	st.begin(g.cfg.Clock.Now())
 	g.m.inFlight.WithLabelValues(dep).Inc()
 	route := ""
+	var avoid map[string]bool // replicas whose node said they are gone
 	defer func() {
 		st.end(g.cfg.Clock.Now())
 		g.m.inFlight.WithLabelValues(dep).Dec()
@@ -322,13 +330,21 @@ func (g *Gateway) serve(w *recorder, r *http.Request, dep string, t target, star
 				return
 			}
 		}
-		var unreachable bool
-		route, unreachable = g.forward(w, r, dep, ready, t, attempt < maxAttempts)
-		if !unreachable {
+		var again bool
+		var gone string
+		route, again, gone = g.forward(w, r, dep, ready, t, attempt < maxAttempts)
+		if !again {
 			return
 		}
-		// No stream reached the replica's node and nothing was answered:
-		// its node is skipped now; try another replica, or wait for one.
+		// No stream reached the replica's node, or it broke, or the node
+		// said the replica is gone, and nothing was answered: that node
+		// (or replica) is skipped now; try another replica, or wait for one.
+		if gone != "" {
+			if avoid == nil {
+				avoid = map[string]bool{}
+			}
+			avoid[gone] = true
+		}
 		if r.GetBody != nil {
 			body, err := r.GetBody()
 			if err != nil {
@@ -339,6 +355,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, dep string, t target, star
 		}
 		ready, _, _ = g.cfg.Directory.Lookup(dep)
 		ready = g.reachable(ready)
+		ready = slices.DeleteFunc(ready, func(r Replica) bool { return avoid[r.ID] })
 	}
 }
 
@@ -350,7 +367,7 @@ const maxAttempts = 3
 // it took. With retry set and a body that can be sent again, a node no
 // stream reaches answers nothing and forward reports it unreachable, for
 // the caller to try elsewhere.
-func (g *Gateway) forward(w *recorder, r *http.Request, dep string, ready []Replica, t target, retry bool) (route string, unreachable bool) {
+func (g *Gateway) forward(w *recorder, r *http.Request, dep string, ready []Replica, t target, retry bool) (route string, again bool, gone string) {
 	rep, release := g.choose(ready, nil)
 	defer release()
 	t.rep = rep
@@ -361,19 +378,22 @@ func (g *Gateway) forward(w *recorder, r *http.Request, dep string, ready []Repl
 		u, err := url.Parse(rep.Endpoint)
 		if err != nil || u.Host == "" {
 			g.fail(w, dep, fmt.Errorf("%w: replica %s has endpoint %q", ErrNoRoute, rep.ID, rep.Endpoint))
-			return route, false
+			return route, false, ""
 		}
 		t.endpoint = u
 	} else {
 		if g.remote == nil {
 			g.fail(w, dep, fmt.Errorf("%w: replica %s is on %s and this gateway has no streams", ErrNoRoute, rep.ID, rep.Node))
-			return route, false
+			return route, false, ""
 		}
 		proxy, route = g.remote, routeRemote
 	}
 	fullDuplex(w)
 	proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), targetKey{}, &t)))
-	return route, t.unreachable
+	if t.gone {
+		gone = rep.ID
+	}
+	return route, t.unreachable || t.gone, gone
 }
 
 // done accounts for an answered request. It runs deferred, also when the
@@ -556,6 +576,10 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	if t != nil {
 		id = t.rep.ID
 	}
+	if errors.Is(err, errReplicaGone) && t != nil && t.retry {
+		t.gone = true
+		return
+	}
 	if errors.Is(err, ErrNoRoute) {
 		if t != nil && t.rep.Node != g.cfg.Self {
 			g.markUnreachable(t.rep.Node)
@@ -567,7 +591,27 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		g.fail(w, "", fmt.Errorf("replica %s: %w", id, err))
 		return
 	}
+	if t != nil && t.rep.Node != g.cfg.Self && t.retry {
+		// The stream to the replica's node broke before any answer (the
+		// node died or the network under it went): like a node no stream
+		// reaches.
+		g.markUnreachable(t.rep.Node)
+		t.unreachable = true
+		return
+	}
 	g.fail(w, "", fmt.Errorf("%w: replica %s: %v", errUpstream, id, err))
+}
+
+// remoteAnswer is the remote proxy's look at an answer before it is
+// passed on: a node that holds no such replica any more is asked no more
+// (the request goes elsewhere) when the request may be sent again.
+func (g *Gateway) remoteAnswer(resp *http.Response) error {
+	t, _ := resp.Request.Context().Value(targetKey{}).(*target)
+	if t == nil || !t.retry || resp.Header.Get(hdrGone) == "" {
+		return nil
+	}
+	_ = resp.Body.Close()
+	return errReplicaGone
 }
 
 // serveForwarded answers a request another gateway sent over ProtocolID:
@@ -578,6 +622,7 @@ func (g *Gateway) serveForwarded(w http.ResponseWriter, r *http.Request) {
 	dep, id := r.Header.Get(hdrDeployment), r.Header.Get(hdrReplica)
 	ready, _, known := g.cfg.Directory.Lookup(dep)
 	if dep == "" || !known {
+		rec.Header().Set(hdrGone, "1")
 		g.fail(rec, "", fmt.Errorf("%w: deployment %q", ErrNotLocal, dep))
 		g.done(rec, "", "", start)
 		return
@@ -599,6 +644,7 @@ func (g *Gateway) serveForwarded(w http.ResponseWriter, r *http.Request) {
 	route := ""
 	defer func() { g.done(rec, dep, route, start) }()
 	if rep.ID == "" {
+		rec.Header().Set(hdrGone, "1")
 		g.fail(rec, dep, fmt.Errorf("%w: replica %q of %q", ErrNotLocal, id, dep))
 		return
 	}

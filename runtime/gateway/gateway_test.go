@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoalmesh/shoal/mesh"
@@ -659,5 +660,66 @@ func TestUnreachableNodeIsSkipped(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("streamed upload to an unreachable replica = %d; want 503", resp.StatusCode)
+	}
+}
+
+// A node that says it holds no such replica (its directory is ahead of
+// ours) is not the end of a request that can be sent again: it waits for
+// another replica.
+func TestGoneReplicaIsSkipped(t *testing.T) {
+	c := newCrossNode(t)
+	// Listed on B without an endpoint: B answers that it holds no such replica.
+	c.dir.Set("tiny", gateway.Replica{ID: "tiny-stale", Deployment: "tiny", Node: c.nodes[1].ID()})
+	got := make(chan answer, 1)
+	go func() { got <- post(t, c.a.url+"/v1/chat/completions", chatBody("tiny", false)) }()
+	if !meshtest.Eventually(10*time.Second, func() bool { return c.a.gw.Waiting("tiny") == 1 }) {
+		select {
+		case a := <-got:
+			t.Fatalf("request to a gone replica answered %d %s; want it to wait for another", a.status, a.body)
+		default:
+		}
+		t.Fatalf("request to a gone replica does not wait for another: Waiting(tiny) = %d", c.a.gw.Waiting("tiny"))
+	}
+	c.dir.Set("tiny", gateway.Replica{ID: "tiny-stale", Deployment: "tiny", Node: c.nodes[1].ID()}, startReplica(t, "tiny", c.nodes[1].ID()))
+	select {
+	case a := <-got:
+		completion(t, a)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting request was not answered once a live replica was listed")
+	}
+}
+
+// A stream that breaks before the answer (the node died, or the network
+// under it) sends the request elsewhere.
+func TestBrokenStreamIsRetried(t *testing.T) {
+	nodes := meshtest.Pool(t, 3, meshtest.Fast)
+	dir := gatewaytest.NewDirectory()
+	newHarness(t, gateway.Config{Self: nodes[1].ID(), Directory: dir, Streams: nodes[1], Server: nodes[1]})
+	a := newHarness(t, gateway.Config{Self: nodes[0].ID(), Directory: dir, Streams: nodes[0], Server: nodes[0]})
+	var broken atomic.Int64
+	nodes[2].Handle(gateway.ProtocolID, func(s network.Stream) {
+		if _, err := http.ReadRequest(bufio.NewReader(s)); err == nil {
+			broken.Add(1)
+		}
+		_ = s.Reset()
+	})
+	brokenRep := gateway.Replica{ID: "tiny-broken", Deployment: "tiny", Node: nodes[2].ID()}
+	dir.Set("tiny", brokenRep)
+	got := make(chan answer, 1)
+	go func() { got <- post(t, a.url+"/v1/chat/completions", chatBody("tiny", false)) }()
+	if !meshtest.Eventually(10*time.Second, func() bool { return broken.Load() >= 1 && a.gw.Waiting("tiny") == 1 }) {
+		select {
+		case r := <-got:
+			t.Fatalf("request over a breaking stream answered %d %s; want it to wait for another replica", r.status, r.body)
+		default:
+		}
+		t.Fatalf("request over a breaking stream does not wait: reached %d times, Waiting(tiny) = %d", broken.Load(), a.gw.Waiting("tiny"))
+	}
+	dir.Set("tiny", brokenRep, startReplica(t, "tiny", nodes[1].ID()))
+	select {
+	case r := <-got:
+		completion(t, r)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting request was not answered once a working replica was listed")
 	}
 }

@@ -22,6 +22,10 @@ const ProtocolID protocol.ID = "/shoal/http/1.0.0"
 const (
 	hdrDeployment = "Shoal-Deployment"
 	hdrReplica    = "Shoal-Replica"
+	// hdrGone marks an answer from a node that holds no replica the
+	// request could go to (the sender's directory was behind): the
+	// sender may send the request to another replica.
+	hdrGone = "Shoal-Replica-Gone"
 )
 
 // peerAddr is a libp2p peer as a net.Addr.
