@@ -57,11 +57,12 @@ func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *me
 	if reg == nil {
 		return m
 	}
-	gossip := func(in bool) func() float64 {
+	// traffic sums the bytes of the protocols match accepts, one way.
+	traffic := func(match func(string) bool, in bool) func() float64 {
 		return func() float64 {
 			var sum int64
 			for proto, st := range bw.GetBandwidthByProtocol() {
-				if strings.HasPrefix(string(proto), "/meshsub/") {
+				if match(string(proto)) {
 					if in {
 						sum += st.TotalIn
 					} else {
@@ -72,9 +73,13 @@ func newMeshMetrics(reg prometheus.Registerer, bw *metrics.BandwidthCounter) *me
 			return float64(sum)
 		}
 	}
+	gossip := func(p string) bool { return strings.HasPrefix(p, "/meshsub/") }
+	kad := func(p string) bool { return strings.HasPrefix(p, "/shoal/") && strings.HasSuffix(p, "/kad/1.0.0") }
 	reg.MustRegister(m.admissions, m.recordsRejected, m.gossipRejected, m.transitions, m.members, m.gossip.dropped, m.health, m.deadConns,
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_received_bytes_total", Help: "GossipSub bytes received."}, gossip(true)),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_sent_bytes_total", Help: "GossipSub bytes sent."}, gossip(false)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_received_bytes_total", Help: "GossipSub bytes received."}, traffic(gossip, true)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_gossip_sent_bytes_total", Help: "GossipSub bytes sent."}, traffic(gossip, false)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_dht_received_bytes_total", Help: "Kademlia DHT bytes received."}, traffic(kad, true)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "shoal_mesh_dht_sent_bytes_total", Help: "Kademlia DHT bytes sent."}, traffic(kad, false)),
 	)
 	return m
 }

@@ -368,6 +368,10 @@ func TestMetricsExportPlacementTransferAndLatency(t *testing.T) {
 		"shoal_weights_sent_bytes_total":              "counter",
 		"shoal_weights_receive_rate_bytes_per_second": "gauge",
 		"shoal_weights_send_rate_bytes_per_second":    "gauge",
+		"shoal_mesh_gossip_received_bytes_total":      "counter",
+		"shoal_mesh_dht_received_bytes_total":         "counter",
+		"shoal_mesh_dht_sent_bytes_total":             "counter",
+		"shoal_mesh_dead_connections_closed_total":    "counter",
 	}
 	// The refusal of big is counted at its coordinator's next step.
 	if !Eventually(15*time.Second, func() bool {
@@ -390,6 +394,12 @@ func TestMetricsExportPlacementTransferAndLatency(t *testing.T) {
 	for _, name := range []string{"shoal_weights_received_bytes_total", "shoal_weights_sent_bytes_total"} {
 		if got := fams[name].sum; got < 1<<20 {
 			t.Errorf("%s = %v; want at least the 1 MiB model", name, got)
+		}
+	}
+	// Heartbeats ride gossip; model announcements and lookups ride the DHT.
+	for _, name := range []string{"shoal_mesh_gossip_received_bytes_total", "shoal_mesh_dht_received_bytes_total", "shoal_mesh_dht_sent_bytes_total"} {
+		if got := fams[name].sum; got <= 0 {
+			t.Errorf("%s = %v; want traffic", name, got)
 		}
 	}
 }
