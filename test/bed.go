@@ -427,8 +427,9 @@ func (b *Bed) indexes(networks []int) []int {
 // alone, so each group reaches its own members and no other. The bed needs
 // a network per group, and the nodes of group i must be on network i
 // (UpOn, JoinOn); HealAll merges them again. A connection between two
-// members of one group that ran over a network they lose dies silently:
-// they find each other again only when the mesh dials another address, so
+// members of one group that ran over a network they lose dies silently;
+// the mesh's connection check replaces it once the member turns suspect
+// (about 5 s), which a scenario would count as part of the partition, so
 // put a group's members on its network and the first one only.
 func (b *Bed) Partition(groups ...[]*BedNode) {
 	b.tb.Helper()
