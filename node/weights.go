@@ -14,6 +14,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/shoalmesh/shoal/mesh"
 	"github.com/shoalmesh/shoal/weightcache"
@@ -81,7 +82,8 @@ func startWeights(home string, maxBytes int64, m weightsMesh, bulkAddr string, l
 	// its peer ID), so nodes pulling one model at once trade chunks.
 	seed := fnv.New64a()
 	_, _ = seed.Write([]byte(m.ID()))
-	f, err := weightcache.NewFetcher(st, m, poolFinder{m}, m, weightcache.FetchConfig{Seed: seed.Sum64() | 1, Traffic: trafficOf(m)})
+	traffic := trafficOf(m)
+	f, err := weightcache.NewFetcher(st, m, poolFinder{m}, m, weightcache.FetchConfig{Seed: seed.Sum64() | 1, Traffic: traffic})
 	if err != nil {
 		return nil, fmt.Errorf("node: weight fetcher: %w", err)
 	}
@@ -92,11 +94,11 @@ func startWeights(home string, maxBytes int64, m weightsMesh, bulkAddr string, l
 	}
 	w.srv = weightcache.Serve(st, m)
 	if bulkAddr != "" {
-		addr, err := w.srv.ListenBulk(bulkAddr, trafficOf(m))
+		addr, err := w.srv.ListenBulk(bulkAddr, traffic)
 		if err != nil {
 			host, _, _ := net.SplitHostPort(bulkAddr)
 			log.Warn("bulk port taken; using a free one", "want", bulkAddr, "err", err)
-			addr, err = w.srv.ListenBulk(net.JoinHostPort(host, "0"), trafficOf(m))
+			addr, err = w.srv.ListenBulk(net.JoinHostPort(host, "0"), traffic)
 		}
 		if err != nil {
 			log.Warn("no bulk connections; chunks go over libp2p streams", "err", err)
@@ -244,25 +246,16 @@ func trafficOf(m weightsMesh) weightcache.Traffic {
 // random. No TCP listen address: "" (no bulk connections).
 func bulkListenAddr(addrs []multiaddr.Multiaddr) string {
 	for _, a := range addrs {
-		var host, port string
-		for _, c := range a {
-			switch c.Protocol().Code {
-			case multiaddr.P_IP4, multiaddr.P_IP6:
-				host = c.Value()
-			case multiaddr.P_TCP:
-				port = c.Value()
-			case multiaddr.P_WS, multiaddr.P_WSS, multiaddr.P_CIRCUIT:
-				port = ""
-			}
-		}
-		if host == "" || port == "" {
+		na, err := manet.ToNetAddr(a) // only plain IP + TCP or UDP addresses convert
+		tcp, ok := na.(*net.TCPAddr)
+		if err != nil || !ok {
 			continue
 		}
-		p, err := strconv.Atoi(port)
-		if err != nil || p == 0 || p >= 65535 {
-			return net.JoinHostPort(host, "0")
+		port := 0
+		if tcp.Port != 0 && tcp.Port < 65535 {
+			port = tcp.Port + 1
 		}
-		return net.JoinHostPort(host, strconv.Itoa(p+1))
+		return net.JoinHostPort(tcp.IP.String(), strconv.Itoa(port))
 	}
 	return ""
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multiformats/go-multiaddr"
+
 	"github.com/shoalmesh/shoal/mesh"
 	"github.com/shoalmesh/shoal/mesh/meshtest"
 	"github.com/shoalmesh/shoal/weightcache"
@@ -276,4 +278,26 @@ func FuzzWeightsRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestBulkListenAddr(t *testing.T) {
+	for _, c := range []struct {
+		addrs []string
+		want  string
+	}{
+		{[]string{"/ip4/0.0.0.0/udp/4242/quic-v1", "/ip4/0.0.0.0/tcp/4242"}, "0.0.0.0:4243"},
+		{[]string{"/ip4/127.0.0.1/tcp/0"}, "127.0.0.1:0"},
+		{[]string{"/ip6/::1/tcp/7000"}, "[::1]:7001"},
+		{[]string{"/ip4/10.0.0.1/tcp/65535"}, "10.0.0.1:0"},
+		{[]string{"/ip4/10.0.0.1/tcp/80/ws", "/ip4/10.0.0.2/tcp/90"}, "10.0.0.2:91"},
+		{[]string{"/ip4/0.0.0.0/udp/4242/quic-v1"}, ""},
+	} {
+		var ms []multiaddr.Multiaddr
+		for _, a := range c.addrs {
+			ms = append(ms, multiaddr.StringCast(a))
+		}
+		if got := bulkListenAddr(ms); got != c.want {
+			t.Errorf("bulkListenAddr(%v) = %q; want %q", c.addrs, got, c.want)
+		}
+	}
 }

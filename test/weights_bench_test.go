@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -260,11 +261,7 @@ func BenchmarkWeightsShaped(b *testing.B) {
 			if os.Getenv("SHOAL_BENCH_FAULTS") != "" {
 				var flt int64
 				for _, d := range append(nodes, seeder) {
-					st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.PID))
-					f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
-					var v int64
-					fmt.Sscan(f[7], &v)
-					flt += v
+					flt += procStat(b, d.PID, statMinFlt)
 				}
 				b.Logf("N=%d: minor faults so far %d", n, flt)
 			}
@@ -342,22 +339,34 @@ func daemonsCPU(tb testing.TB, nodes []*Node) time.Duration {
 	tb.Helper()
 	var ticks int64
 	for _, n := range nodes {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.PID))
-		if err != nil {
-			tb.Fatalf("daemon CPU: %v", err)
-		}
-		// Fields after the command name (which ends at the last ')'):
-		// state is field 3, utime 14, stime 15.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(f) < 13 {
-			tb.Fatalf("daemon CPU: short /proc/%d/stat", n.PID)
-		}
-		var ut, st int64
-		fmt.Sscan(f[11], &ut)
-		fmt.Sscan(f[12], &st)
-		ticks += ut + st
+		ticks += procStat(tb, n.PID, statUTime) + procStat(tb, n.PID, statSTime)
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// Fields of /proc/PID/stat, counted from 1 as proc(5) does.
+const (
+	statMinFlt = 10
+	statUTime  = 14
+	statSTime  = 15
+)
+
+// procStat reads field (numbered as in proc(5)) of /proc/pid/stat.
+func procStat(tb testing.TB, pid, field int) int64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatalf("/proc/%d/stat: %v", pid, err)
+	}
+	// The fields after the command name (which ends at the last ')')
+	// start with field 3, the state.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < field-2 {
+		tb.Fatalf("short /proc/%d/stat", pid)
+	}
+	var v int64
+	fmt.Sscan(f[field-3], &v)
+	return v
 }
 
 // shapedNet is a hub namespace with a bridge and one namespace per node.

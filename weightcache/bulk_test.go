@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -45,30 +44,12 @@ func TestBulkSwarm(t *testing.T) {
 	if err := nodes[0].Provide(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	stores := make([]*Store, 3)
-	stats := make([]FetchStats, 3)
-	errs := make([]error, 3)
 	var in atomic.Int64
-	var wg sync.WaitGroup
-	for i := range stores {
-		stores[i] = newStore(t, 0)
-		serveBulk(t, stores[i], nodes[i+1], nil)
-		f := fetcher(t, stores[i], nodes[i+1], nil, FetchConfig{
-			Refresh: 200 * time.Millisecond,
-			Traffic: Traffic{In: func(k int) { in.Add(int64(k)) }},
-		})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			stats[i], errs[i] = f.Fetch(ctx, id, nil)
-		}()
-	}
-	wg.Wait()
-	for i, s := range stores {
-		if errs[i] != nil {
-			t.Fatalf("fetcher %d: %v", i, errs[i])
-		}
-		checkModel(t, s, id, data)
+	stats := fetchEverywhere(t, nodes[1:], id, data, func(s *Store, n *mesh.Node) { serveBulk(t, s, n, nil) }, FetchConfig{
+		Refresh: 200 * time.Millisecond,
+		Traffic: Traffic{In: func(k int) { in.Add(int64(k)) }},
+	})
+	for i := range stats {
 		for tr := range stats[i].Transports {
 			if tr != "bulk" {
 				t.Errorf("fetcher %d: sessions by transport %v, want bulk only", i, stats[i].Transports)

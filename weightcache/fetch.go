@@ -51,9 +51,6 @@ type FetchConfig struct {
 	MaxDup int
 	// Now is the clock for progress reports; default time.Now.
 	Now func() time.Time
-	// StreamsOnly keeps chunk sessions on libp2p streams; by default each
-	// asks the server for a bulk connection first (see BulkProtocol).
-	StreamsOnly bool
 	// Traffic counts the bytes moved over bulk connections.
 	Traffic Traffic
 	// Seed picks where in the model this node starts among chunks that are
@@ -523,10 +520,8 @@ func (ft *fetch) noProviders(last error) error {
 // session opens a chunk session with p: over a bulk connection when p
 // offers one, else over a libp2p stream.
 func (f *Fetcher) session(ctx context.Context, p peer.ID) (conn, error) {
-	if !f.cfg.StreamsOnly {
-		if c, err := f.dialBulk(ctx, p); err == nil {
-			return c, nil
-		}
+	if c, err := f.dialBulk(ctx, p); err == nil {
+		return c, nil
 	}
 	octx, cancel := context.WithTimeout(ctx, f.cfg.StallTimeout)
 	defer cancel()

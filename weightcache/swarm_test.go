@@ -108,14 +108,26 @@ func TestSwarmOneSeederFourFetchers(t *testing.T) {
 	if err := nodes[0].Provide(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	stores := make([]*Store, 4)
-	stats := make([]FetchStats, 4)
-	errs := make([]error, 4)
+	for i, st := range fetchEverywhere(t, nodes[1:], id, data, func(s *Store, n *mesh.Node) { serve(t, s, n) }, FetchConfig{Refresh: 200 * time.Millisecond}) {
+		t.Logf("fetcher %d: %+v", i, st)
+	}
+}
+
+// fetchEverywhere gives each of nodes a store, served by serveOn, and
+// fetches id into all of them at once; each must end holding data. It
+// returns each fetch's stats.
+func fetchEverywhere(t *testing.T, nodes []*mesh.Node, id string, data []byte, serveOn func(*Store, *mesh.Node), cfg FetchConfig) []FetchStats {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stores := make([]*Store, len(nodes))
+	stats := make([]FetchStats, len(nodes))
+	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
-	for i := range stores {
+	for i, n := range nodes {
 		stores[i] = newStore(t, 0)
-		serve(t, stores[i], nodes[i+1])
-		f := fetcher(t, stores[i], nodes[i+1], nil, FetchConfig{Refresh: 200 * time.Millisecond})
+		serveOn(stores[i], n)
+		f := fetcher(t, stores[i], n, nil, cfg)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -128,8 +140,8 @@ func TestSwarmOneSeederFourFetchers(t *testing.T) {
 			t.Fatalf("fetcher %d: %v", i, errs[i])
 		}
 		checkModel(t, s, id, data)
-		t.Logf("fetcher %d: %+v", i, stats[i])
 	}
+	return stats
 }
 
 // serveScripted serves the weights protocol on n for a test: the manifest
