@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -311,7 +310,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, dep string, t target, star
 		g.fail(w, "", g.unknown(dep))
 		return
 	}
-	ready = g.reachable(ready)
+	ready = g.reachable(ready, nil)
 	st := g.state(dep)
 	st.begin(g.cfg.Clock.Now())
 	g.m.inFlight.WithLabelValues(dep).Inc()
@@ -325,7 +324,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, dep string, t target, star
 	for attempt := 1; ; attempt++ {
 		if len(ready) == 0 {
 			var err error
-			if ready, err = g.wait(r.Context(), st, dep); err != nil {
+			if ready, err = g.wait(r.Context(), st, dep, avoid); err != nil {
 				g.fail(w, dep, err)
 				return
 			}
@@ -354,8 +353,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, dep string, t target, star
 			r.Body = body
 		}
 		ready, _, _ = g.cfg.Directory.Lookup(dep)
-		ready = g.reachable(ready)
-		ready = slices.DeleteFunc(ready, func(r Replica) bool { return avoid[r.ID] })
+		ready = g.reachable(ready, avoid)
 	}
 }
 
@@ -414,9 +412,9 @@ func (g *Gateway) done(w *recorder, dep, route string, start time.Time) {
 // answer (nginx's 499).
 const statusClientClosed = 499
 
-// wait queues a request for dep until the Directory lists a ready replica,
-// asking the Scaler for one.
-func (g *Gateway) wait(ctx context.Context, st *depState, dep string) ([]Replica, error) {
+// wait queues a request for dep until the Directory lists a ready replica
+// (not one in avoid), asking the Scaler for one.
+func (g *Gateway) wait(ctx context.Context, st *depState, dep string, avoid map[string]bool) ([]Replica, error) {
 	if !st.enqueue(g.cfg.QueueSize) {
 		return nil, fmt.Errorf("%w: %d requests wait for %q", ErrQueueFull, g.cfg.QueueSize, dep)
 	}
@@ -441,7 +439,7 @@ func (g *Gateway) wait(ctx context.Context, st *depState, dep string) ([]Replica
 			}
 		}
 		ready, changed, known := g.cfg.Directory.Lookup(dep)
-		ready = g.reachable(ready)
+		ready = g.reachable(ready, avoid)
 		if len(ready) > 0 {
 			if st.found() {
 				g.m.coldStarts.WithLabelValues(dep).Inc()
@@ -478,16 +476,20 @@ func (g *Gateway) markUnreachable(p peer.ID) {
 	g.lmu.Unlock()
 }
 
-// reachable drops the replicas on nodes marked unreachable.
-func (g *Gateway) reachable(ready []Replica) []Replica {
+// reachable drops the replicas on nodes marked unreachable, and those in
+// avoid (replica IDs whose node said they are gone, for this request).
+func (g *Gateway) reachable(ready []Replica, avoid map[string]bool) []Replica {
 	g.lmu.Lock()
 	defer g.lmu.Unlock()
-	if len(g.unreachable) == 0 {
+	if len(g.unreachable) == 0 && len(avoid) == 0 {
 		return ready
 	}
 	now := g.cfg.Clock.Now()
-	out := ready[:0:0]
+	out := ready[:0:0] // the Directory's slice is not ours to change
 	for _, r := range ready {
+		if avoid[r.ID] {
+			continue
+		}
 		if until, ok := g.unreachable[r.Node]; ok {
 			if now.Before(until) {
 				continue
