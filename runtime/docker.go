@@ -209,10 +209,8 @@ func (d *Docker) Engine(ctx context.Context) string {
 
 // ensureImage pulls the image when the engine does not have it.
 func (d *Docker) ensureImage(ctx context.Context, image string) error {
-	if _, err := d.c.ImageInspect(ctx, image); err == nil {
-		return nil
-	} else if !cerrdefs.IsNotFound(err) {
-		return fmt.Errorf("%w: %w", ErrNoEngine, err)
+	if ok, err := d.HasImage(ctx, image); err != nil || ok {
+		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, d.cfg.PullTimeout)
 	defer cancel()

@@ -174,22 +174,7 @@ func (c *Coordinator) holders() []string {
 // member, left by an interrupted step) are released, and known ones a node
 // no longer holds are forgotten.
 func (c *Coordinator) resync(ctx context.Context, ids, alive []string, owned map[string]bool) {
-	type listed struct {
-		node string
-		res  []Reservation
-		err  error
-	}
-	answers := make([]listed, len(ids))
-	var wg sync.WaitGroup
-	for i, id := range ids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a, err := c.call(ctx, id, Call{Op: OpList})
-			answers[i] = listed{node: id, res: a.Reservations, err: err}
-		}()
-	}
-	wg.Wait()
+	answers := c.list(ctx, ids)
 	aliveSet := map[string]bool{}
 	for _, id := range alive {
 		aliveSet[id] = true
@@ -234,24 +219,44 @@ func (c *Coordinator) holdings(ctx context.Context, nodes []scheduler.Node) map[
 	if c.held != nil && c.now.Sub(c.heldAt) < c.cfg.ResyncEvery {
 		return c.held
 	}
-	out := make([][]Reservation, len(nodes))
-	var wg sync.WaitGroup
+	ids := make([]string, len(nodes))
 	for i, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if a, err := c.call(ctx, n.ID, Call{Op: OpList}); err == nil {
-				out[i] = a.Reservations
-			}
-		}()
+		ids[i] = n.ID
 	}
-	wg.Wait()
 	c.held = make(map[string][]Reservation, len(nodes))
-	for i, n := range nodes {
-		c.held[n.ID] = out[i]
+	for _, l := range c.list(ctx, ids) {
+		var res []Reservation
+		if l.err == nil {
+			res = l.res
+		}
+		c.held[l.node] = res
 	}
 	c.heldAt = c.now
 	return c.held
+}
+
+// listed is one node's answer to OpList.
+type listed struct {
+	node string
+	res  []Reservation
+	err  error
+}
+
+// list asks the nodes ids for their reservations, all at once, and
+// returns their answers in the order of ids.
+func (c *Coordinator) list(ctx context.Context, ids []string) []listed {
+	answers := make([]listed, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := c.call(ctx, id, Call{Op: OpList})
+			answers[i] = listed{node: id, res: a.Reservations, err: err}
+		}()
+	}
+	wg.Wait()
+	return answers
 }
 
 // evicted forgets reservations that node evicted: in the holdings and in
@@ -346,10 +351,7 @@ func (c *Coordinator) reconcile(ctx context.Context, now time.Time, r Record, al
 		c.releaseReplicas(ctx, st, broken)
 	}
 	status := Status{Coordinator: c.cfg.Self, State: StatePlaced}
-	if missing := desired - len(complete); missing > 0 {
-		if r.Spec.Request.Gang {
-			missing = desired
-		}
+	if missing := missingOf(r, len(complete)); missing > 0 {
 		status = pl.place(ctx, r, st, missing)
 		status.Coordinator = c.cfg.Self
 	}

@@ -36,11 +36,17 @@ type member struct {
 
 func newMember(t *testing.T, cl *coordinatortest.Cluster, id string) *member {
 	t.Helper()
-	c, err := coordinator.New(coordinator.Config{Self: id}, cl.View(id), cl.Transport(id))
+	return newMemberWith(t, cl, coordinator.Config{Self: id})
+}
+
+// newMemberWith is the member cfg.Self, coordinating with cfg.
+func newMemberWith(t testing.TB, cl *coordinatortest.Cluster, cfg coordinator.Config) *member {
+	t.Helper()
+	c, err := coordinator.New(cfg, cl.View(cfg.Self), cl.Transport(cfg.Self))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &member{id: id, c: c, store: coordinator.NewStore(id)}
+	return &member{id: cfg.Self, c: c, store: coordinator.NewStore(cfg.Self)}
 }
 
 // step runs one step at the cluster's time and writes the statuses.
@@ -570,11 +576,7 @@ func listCalls(t testing.TB, n int, cfg coordinator.Config) int {
 	ms := make([]*member, n)
 	for i, nd := range nodes {
 		cfg.Self = nd.ID
-		c, err := coordinator.New(cfg, cl.View(nd.ID), cl.Transport(nd.ID))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ms[i] = &member{id: nd.ID, c: c, store: coordinator.NewStore(nd.ID)}
+		ms[i] = newMemberWith(t, cl, cfg)
 	}
 	for i := 0; i < n; i++ {
 		ms[0].submit(fmt.Sprintf("d%02d", i), scheduler.Request{GPUs: 1, MilliGPU: 500})

@@ -48,15 +48,6 @@ func cpuNode(id string) scheduler.Node {
 	return scheduler.Node{ID: id, CPUMilli: 8000, MemoryBytes: 64 * gib, CPUCapacity: 8000, MemoryCapacity: 64 * gib}
 }
 
-func newFairMember(t *testing.T, cl *coordinatortest.Cluster, id string, fs coordinator.FairShare) *member {
-	t.Helper()
-	c, err := coordinator.New(coordinator.Config{Self: id, FairShare: fs}, cl.View(id), cl.Transport(id))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &member{id: id, c: c, store: coordinator.NewStore(id)}
-}
-
 // contenders picks IDs for two deployments that different members
 // coordinate, and a third (the one holding the card) of yet another.
 func contenders(ms []*member) (rich, poor, hog string) {
@@ -91,7 +82,7 @@ func contend(t *testing.T, fs coordinator.FairShare, poorSubmitsFirst, poorSteps
 	cl := coordinatortest.New([]scheduler.Node{cpuNode("a"), cpuNode("b"), cpuNode("c"), gpuNode("gpu", 24)}, t0)
 	var ms []*member
 	for _, id := range []string{"a", "b", "c", "gpu"} {
-		ms = append(ms, newFairMember(t, cl, id, fs))
+		ms = append(ms, newMemberWith(t, cl, coordinator.Config{Self: id, FairShare: fs}))
 	}
 	rich, poor, hog := contenders(ms)
 	one := scheduler.Request{GPUs: 1}
@@ -177,7 +168,7 @@ func TestFairShareYieldIsBounded(t *testing.T) {
 	cl := coordinatortest.New([]scheduler.Node{cpuNode("a"), cpuNode("b"), cpuNode("c"), gpuNode("gpu", 24)}, t0)
 	var ms []*member
 	for _, id := range []string{"a", "b", "c", "gpu"} {
-		ms = append(ms, newFairMember(t, cl, id, fairShare(histories)))
+		ms = append(ms, newMemberWith(t, cl, coordinator.Config{Self: id, FairShare: fairShare(histories)}))
 	}
 	rich, poor, _ := contenders(ms)
 	rm, pm := ownerOf(rich, ms), ownerOf(poor, ms)
@@ -240,7 +231,10 @@ func TestFairShareYieldIsBounded(t *testing.T) {
 // big contributor waits for a large one.
 func TestFairShareNoYieldToWhatDoesNotFit(t *testing.T) {
 	cl := coordinatortest.New([]scheduler.Node{gpuNode("small", 24), gpuNode("large", 80)}, t0)
-	ms := []*member{newFairMember(t, cl, "small", fairShare(histories)), newFairMember(t, cl, "large", fairShare(histories))}
+	ms := []*member{
+		newMemberWith(t, cl, coordinator.Config{Self: "small", FairShare: fairShare(histories)}),
+		newMemberWith(t, cl, coordinator.Config{Self: "large", FairShare: fairShare(histories)}),
+	}
 	big := scheduler.Request{GPUs: 1, MinVRAM: 40 * gib}
 	submitAs(ownerOf("hog", ms), "hog", "third", t0, big)
 	ownerOf("hog", ms).step(cl)

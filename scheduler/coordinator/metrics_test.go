@@ -27,7 +27,7 @@ func (m *countingMetrics) Refused(reason string)       { m.refused[reason]++ }
 func TestMetricsCountPlacementsAndRefusals(t *testing.T) {
 	cl := coordinatortest.New([]scheduler.Node{gpuNode("a", 24), gpuNode("b", 24)}, t0)
 	met := &countingMetrics{placed: map[string]int{}, refused: map[string]int{}}
-	m := newMeteredMember(t, cl, "a", met)
+	m := newMemberWith(t, cl, coordinator.Config{Self: "a", Metrics: met})
 	ids := []string{"a", "b"}
 	m.submit(ownedBy("a", ids, "three"), scheduler.Request{GPUs: 1, MilliGPU: 500, Replicas: 3})
 	m.submit(ownedBy("a", ids, "huge"), scheduler.Request{GPUs: 1, MinVRAM: 100 * gib})
@@ -70,15 +70,6 @@ func (r *refuseOnce) Call(ctx context.Context, to string, call coordinator.Call)
 		return coordinator.Answer{Refused: &coordinator.Refused{Resource: "gpu", Want: 500}}, nil
 	}
 	return r.Transport.Call(ctx, to, call)
-}
-
-func newMeteredMember(t *testing.T, cl *coordinatortest.Cluster, id string, met coordinator.Metrics) *member {
-	t.Helper()
-	c, err := coordinator.New(coordinator.Config{Self: id, Metrics: met}, cl.View(id), cl.Transport(id))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &member{id: id, c: c, store: coordinator.NewStore(id)}
 }
 
 // ownedBy is the first deployment ID with prefix that self owns among ids.

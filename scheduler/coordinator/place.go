@@ -65,7 +65,7 @@ func (p *planner) place(ctx context.Context, r Record, st *depState, missing int
 		if len(plan.Replicas) == 0 || (err != nil && !errors.Is(err, scheduler.ErrPartial)) {
 			break
 		}
-		placed, refused := p.reserve(ctx, r, st, plan)
+		placed, refused := p.reserve(ctx, r, st, plan, nil)
 		missing -= placed
 		if len(refused) == 0 {
 			break // placed all the plan held; err says why not more
@@ -122,7 +122,7 @@ func (p *planner) preempt(ctx context.Context, r Record, st *depState, req sched
 	for _, e := range plan.Evictions {
 		evict[e.Node] = append(evict[e.Node], e.Allocation)
 	}
-	placed, refused := p.reserveEvicting(ctx, r, st, plan, evict)
+	placed, refused := p.reserve(ctx, r, st, plan, evict)
 	for _, n := range plan.Nodes() {
 		p.refresh(n)
 	}
@@ -242,15 +242,11 @@ func statusOf(err error) Status {
 // reserve holds the plan's replicas on their nodes and commits them: each
 // replica on its own, or for a gang all replicas or none. It records what
 // it committed in st and in the step's pool, and returns how many replicas
-// it placed and the refusals (or unreachable nodes) it met.
-func (p *planner) reserve(ctx context.Context, r Record, st *depState, plan scheduler.Plan) (int, []error) {
-	return p.reserveEvicting(ctx, r, st, plan, nil)
-}
-
-// reserveEvicting is reserve where the reserve calls on a node also name
-// evict[node], the reservations the node may evict to make room. What the
-// nodes evicted is forgotten by the deployments this coordinator owns.
-func (p *planner) reserveEvicting(ctx context.Context, r Record, st *depState, plan scheduler.Plan, evict map[string][]string) (int, []error) {
+// it placed and the refusals (or unreachable nodes) it met. The reserve
+// calls on a node also name evict[node] (nil: none), the reservations the
+// node may evict to make room; what the nodes evicted is forgotten by the
+// deployments this coordinator owns.
+func (p *planner) reserve(ctx context.Context, r Record, st *depState, plan scheduler.Plan, evict map[string][]string) (int, []error) {
 	c := p.c
 	groups := make([][]scheduler.Replica, 0, len(plan.Replicas))
 	if r.Spec.Request.Gang {
