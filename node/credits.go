@@ -442,13 +442,7 @@ func (c *credits) alivePeers() []peer.ID {
 	if c.cfg.Members == nil || c.cfg.Streams == nil {
 		return nil
 	}
-	var out []peer.ID
-	for _, m := range c.cfg.Members.Members() {
-		if !m.Self && m.State == mesh.StateAlive && m.PeerID != c.cfg.Self {
-			out = append(out, m.PeerID)
-		}
-	}
-	return out
+	return alivePeers(c.cfg.Members, c.cfg.Self)
 }
 
 // pushAll offers receipts just cut to every alive member.

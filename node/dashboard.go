@@ -2,14 +2,12 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
@@ -271,32 +269,12 @@ func (v dashboardView) inFlight() map[string]int {
 // node's own queue and the alive members' fresh serving reports.
 func (v dashboardView) waiting() map[string]int {
 	out := map[string]int{}
-	alive := map[peer.ID]bool{}
-	for _, m := range v.members.Members() {
-		if m.State == mesh.StateAlive {
-			alive[m.PeerID] = true
-		}
+	for dep, n := range v.sv.localWaiting() {
+		out[dep] += n
 	}
-	sv := v.sv
-	now := time.Now()
-	sv.mu.Lock()
-	local := sv.waiting
-	deps := make([]string, 0, len(sv.local))
-	for dep := range sv.local {
-		deps = append(deps, dep)
-	}
-	for p, r := range sv.reports {
-		if p == sv.self || !alive[p] || now.Sub(r.at) > reportTTL {
-			continue
-		}
-		for dep, n := range r.rep.Waiting {
+	for _, r := range v.sv.fresh() {
+		for dep, n := range r.Waiting {
 			out[dep] += n
-		}
-	}
-	sv.mu.Unlock()
-	if local != nil {
-		for _, dep := range deps {
-			out[dep] += local(dep)
 		}
 	}
 	return out
@@ -399,19 +377,15 @@ type controlCredits struct {
 
 // Credits implements dashboard.CreditSource.
 func (c controlCredits) Credits(ctx context.Context) (market.Report, error) {
-	var rep market.Report
-	raw, err := c.client.Get(ctx, "/v1/credits")
+	rep, err := c.client.Credits(ctx)
 	var api *APIError
 	switch {
 	case errors.As(err, &api) && api.StatusCode == http.StatusNotFound:
-		return rep, fmt.Errorf("%w: this node keeps no market ledger (no GET /v1/credits)", dashboard.ErrUnavailable)
+		return market.Report{}, fmt.Errorf("%w: this node keeps no market ledger (no GET /v1/credits)", dashboard.ErrUnavailable)
 	case errors.Is(err, ErrNoDaemon):
-		return rep, fmt.Errorf("%w: the control API is not up yet", dashboard.ErrUnavailable)
+		return market.Report{}, fmt.Errorf("%w: the control API is not up yet", dashboard.ErrUnavailable)
 	case err != nil:
-		return rep, err
+		return market.Report{}, err
 	}
-	if err := json.Unmarshal(raw, &rep); err != nil {
-		return rep, fmt.Errorf("node: decode /v1/credits: %w", err)
-	}
-	return rep, nil
+	return rep.Report, nil
 }

@@ -308,13 +308,7 @@ func (s *deployService) record(name string) (coordinator.Record, bool) {
 
 // alivePeers are the other alive members.
 func (s *deployService) alivePeers() []peer.ID {
-	var out []peer.ID
-	for _, m := range s.cfg.Members.Members() {
-		if !m.Self && m.State == mesh.StateAlive && m.PeerID.String() != s.self {
-			out = append(out, m.PeerID)
-		}
-	}
-	return out
+	return alivePeers(s.cfg.Members, s.cfg.Self)
 }
 
 // pushAll sends recs to every alive member, in the background.

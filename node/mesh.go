@@ -28,6 +28,17 @@ type Membership interface {
 	Members() []mesh.Member
 }
 
+// alivePeers are the alive members of ms other than self.
+func alivePeers(ms Membership, self peer.ID) []peer.ID {
+	var out []peer.ID
+	for _, m := range ms.Members() {
+		if !m.Self && m.State == mesh.StateAlive && m.PeerID != self {
+			out = append(out, m.PeerID)
+		}
+	}
+	return out
+}
+
 // RecordLookup fetches a member's verified node record from the pool's DHT.
 type RecordLookup interface {
 	LookupRecord(ctx context.Context, id peer.ID) (*mesh.Record, error)

@@ -17,7 +17,6 @@ import (
 
 	"github.com/shoalmesh/shoal/node/ledger"
 	"github.com/shoalmesh/shoal/runtime"
-	"github.com/shoalmesh/shoal/runtime/template"
 	"github.com/shoalmesh/shoal/scheduler/coordinator"
 	"github.com/shoalmesh/shoal/weightcache"
 )
@@ -293,7 +292,7 @@ func (r *replicaRunner) run(ctx context.Context, ru *replicaRun, rec coordinator
 			return
 		}
 		ru.mu.Lock()
-		ru.reason = "fetching weights " + model
+		ru.reason = fetchingReason + model
 		ru.mu.Unlock()
 		id, dir, err := r.weights.ensure(ctx, model)
 		// A model named in a record that has not reached this node yet, or
@@ -367,20 +366,7 @@ func (r *replicaRunner) giveUp(ru *replicaRun, rec coordinator.Record, reason st
 // spec renders the deployment's template into what the backend runs on
 // ru's reservation, and names the model it needs ("" for none).
 func (r *replicaRunner) spec(rec coordinator.Record, ru *replicaRun) (runtime.Spec, string, error) {
-	var t *template.Template
-	var err error
-	if rec.Spec.Source != "" {
-		t, err = template.Parse([]byte(rec.Spec.Source))
-	} else {
-		var c *template.Catalog
-		if c, err = template.Builtin(r.version); err == nil {
-			t, err = c.Get(rec.Spec.Template)
-		}
-	}
-	if err != nil {
-		return runtime.Spec{}, "", fmt.Errorf("%w: template %s: %w", runtime.ErrInvalidSpec, rec.Spec.Template, err)
-	}
-	ts, err := t.Render(rec.Spec.Params)
+	ts, err := renderRecord(rec, r.version)
 	if err != nil {
 		return runtime.Spec{}, "", fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
 	}
@@ -472,8 +458,6 @@ func (r *replicaRunner) list() []ReplicaRun {
 			default:
 				x.State = PhaseStarting
 			}
-		} else if x.State == PhaseFailed {
-			x.Reason = firstLine(x.Reason)
 		}
 		ru.mu.Unlock()
 		out = append(out, x)
@@ -514,11 +498,6 @@ func (r *replicaRunner) signature() string {
 		b.WriteString(x.Reservation + "=" + x.State + "@" + x.Endpoint + ";")
 	}
 	return b.String()
-}
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s
 }
 
 // ensure makes model ref complete in the store (from the pool when it is

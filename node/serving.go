@@ -183,10 +183,8 @@ func (sv *serving) loop() {
 		}
 		sv.refresh()
 		rep := sv.report()
-		for _, m := range sv.members.Members() {
-			if !m.Self && m.State == mesh.StateAlive && m.PeerID != sv.self {
-				sv.push(m.PeerID, rep)
-			}
+		for _, p := range alivePeers(sv.members, sv.self) {
+			sv.push(p, rep)
 		}
 	}
 }
@@ -213,15 +211,12 @@ func (sv *serving) drain(ctx context.Context) {
 	sv.refresh()
 	rep := sv.report()
 	var wg sync.WaitGroup
-	for _, m := range sv.members.Members() {
-		if m.Self || m.State != mesh.StateAlive || m.PeerID == sv.self {
-			continue
-		}
+	for _, p := range alivePeers(sv.members, sv.self) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := pushFrame(ctx, sv.streams, m.PeerID, ServeProtocol, rep, 2*time.Second); err != nil {
-				sv.log.Debug("drain report not pushed", "peer", m.PeerID, "err", err)
+			if err := pushFrame(ctx, sv.streams, p, ServeProtocol, rep, 2*time.Second); err != nil {
+				sv.log.Debug("drain report not pushed", "peer", p, "err", err)
 			}
 		}()
 	}
@@ -239,23 +234,35 @@ func (sv *serving) report() serveReport {
 		}
 		rep.IdleMillis[dep] = now.Sub(t).Milliseconds()
 	}
+	sv.mu.Unlock()
+	rep.Waiting = sv.localWaiting()
+	return rep
+}
+
+// localWaiting is how many requests this node's gateway queues per
+// deployment, for those it has seen traffic for and queues any; nil when
+// none.
+func (sv *serving) localWaiting() map[string]int {
+	sv.mu.Lock()
 	w := sv.waiting
 	deps := make([]string, 0, len(sv.local))
 	for dep := range sv.local {
 		deps = append(deps, dep)
 	}
 	sv.mu.Unlock()
-	if w != nil {
-		for _, dep := range deps {
-			if n := w(dep); n > 0 {
-				if rep.Waiting == nil {
-					rep.Waiting = map[string]int{}
-				}
-				rep.Waiting[dep] = n
+	if w == nil {
+		return nil
+	}
+	var out map[string]int
+	for _, dep := range deps {
+		if n := w(dep); n > 0 {
+			if out == nil {
+				out = map[string]int{}
 			}
+			out[dep] = n
 		}
 	}
-	return rep
+	return out
 }
 
 func (sv *serving) push(p peer.ID, rep serveReport) {
