@@ -76,9 +76,9 @@ func ensureHome(home string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path with mode perm through a temporary file
+// WriteFileAtomic writes data to path with mode perm through a temporary file
 // in the same directory and a rename, so readers never see half a file.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {

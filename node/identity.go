@@ -43,7 +43,7 @@ func writeNewIdentity(home string) (crypto.PrivKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: marshal identity: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(home, IdentityFile), b, 0o600); err != nil {
+	if err := WriteFileAtomic(filepath.Join(home, IdentityFile), b, 0o600); err != nil {
 		return nil, fmt.Errorf("node: write identity: %w", err)
 	}
 	return key, nil

@@ -65,7 +65,7 @@ func savePool(home string, p mesh.Pool) error {
 	if err != nil {
 		return fmt.Errorf("node: encode pool: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(home, PoolFile), append(b, '\n'), 0o600); err != nil {
+	if err := WriteFileAtomic(filepath.Join(home, PoolFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("node: write pool: %w", err)
 	}
 	return nil
@@ -148,7 +148,7 @@ func savePeers(home string, peers []peer.AddrInfo, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("node: encode peers: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(home, PeersFile), append(b, '\n'), 0o600); err != nil {
+	if err := WriteFileAtomic(filepath.Join(home, PeersFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("node: write peers: %w", err)
 	}
 	return nil

@@ -17,7 +17,7 @@ import (
 // replica to three; once the load stops it goes back to one after its
 // 6 s window.
 func TestAutoscaleUpAndDown(t *testing.T) {
-	wl := workloadBinary(t)
+	wl := testTool(t, "workload")
 	nodes, _ := startPool(t, [][]string{nil, nil})
 	dumpOnFailure(t, nodes)
 	tpl := writeTemplate(t, `apiVersion: shoal/v1

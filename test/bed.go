@@ -103,20 +103,20 @@ func NewBed(tb testing.TB, docker, image string, networks int) *Bed {
 	return b
 }
 
-// cli runs the docker CLI with a 2 minute limit and returns its trimmed
+// cli runs the bed's docker CLI (see docker).
+func (b *Bed) cli(args ...string) (string, error) { return docker(b.tb, b.docker, args...) }
+
+// docker runs the docker CLI with a 2 minute limit and returns its trimmed
 // stdout.
-func (b *Bed) cli(args ...string) (string, error) {
+func docker(tb testing.TB, bin string, args ...string) (string, error) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	return b.cliCtx(ctx, args...)
-}
-
-func (b *Bed) cliCtx(ctx context.Context, args ...string) (string, error) {
 	var out, errb bytes.Buffer
-	cmd := exec.CommandContext(ctx, b.docker, args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("docker %s: %w: %s", strings.Join(args[:min(2, len(args))], " "), err, bytes.TrimSpace(errb.Bytes()))
+		return out.String(), fmt.Errorf("docker %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(errb.Bytes()))
 	}
 	return strings.TrimSpace(out.String()), nil
 }
@@ -239,12 +239,8 @@ func (b *Bed) start(name string, networks []int, args []string) *BedNode {
 
 // BedStatus is the part of `shoal status -o json` the bed reads.
 type BedStatus struct {
-	PeerID  string `json:"peer_id"`
-	Ready   bool   `json:"ready"`
-	Members struct {
-		Alive int `json:"alive"`
-		Total int `json:"total"`
-	} `json:"members"`
+	PeerID string `json:"peer_id"`
+	Ready  bool   `json:"ready"`
 }
 
 // WaitReady polls `shoal status` in the container until the daemon says
@@ -353,14 +349,6 @@ func (n *BedNode) Start() {
 	n.WaitReady(60 * time.Second)
 }
 
-// Restart is `docker restart`: SIGTERM (the daemon leaves the pool), then
-// the same container on the same home.
-func (n *BedNode) Restart() {
-	n.bed.tb.Helper()
-	n.do("restart", "--time", "30", n.Name)
-	n.WaitReady(60 * time.Second)
-}
-
 // Leave runs `shoal leave` in the container. The daemon is the
 // container's first process, so the container stops with it and the CLI
 // may be killed before it prints the answer: the leave counts as done when
@@ -379,12 +367,6 @@ func (n *BedNode) Leave() error {
 	}
 	return nil
 }
-
-// Pause freezes every process of the node (docker pause).
-func (n *BedNode) Pause() { n.bed.tb.Helper(); n.do("pause", n.Name) }
-
-// Unpause thaws a paused node.
-func (n *BedNode) Unpause() { n.bed.tb.Helper(); n.do("unpause", n.Name) }
 
 // Cut disconnects the node from the bed networks with the given indexes
 // (every network it is on when none is given).

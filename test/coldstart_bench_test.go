@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
-
-	"github.com/shoalmesh/shoal/node"
 )
 
 // BenchmarkColdStart measures a cold start of the reference workload from
@@ -57,7 +55,7 @@ func benchColdStart(b *testing.B, backend string) {
 		dc, image = referenceEngine(b, own.list)
 	}
 	flags := []string{"--runtime", backend}
-	nodes := startPoolTB(b, [][]string{flags, append([]string{"--gpu", "RTX 4090:24GiB:16384"}, flags...), flags})
+	nodes, _ := startPool(b, [][]string{flags, append([]string{"--gpu", "RTX 4090:24GiB:16384"}, flags...), flags})
 	m, a, c := nodes[0], nodes[1], nodes[2]
 	for _, n := range nodes {
 		own.add(n)
@@ -97,8 +95,8 @@ func benchColdStart(b *testing.B, backend string) {
 			if _, stderr, err := Run(b, "--home", c.Home, "rm", name); err != nil {
 				b.Fatalf("rm %s: %v\n%s", name, err, stderr)
 			}
-			if !Eventually(20*time.Second, func() bool { return len(ledgerOf(b, a).Reservations) == 0 }) {
-				b.Fatalf("A still holds %+v after rm", ledgerOf(b, a))
+			if !Eventually(20*time.Second, func() bool { return len(a.ledger(b).Reservations) == 0 }) {
+				b.Fatalf("A still holds %+v after rm", a.ledger(b))
 			}
 		}
 		b.StartTimer()
@@ -127,41 +125,6 @@ func benchColdStart(b *testing.B, backend string) {
 	b.ReportMetric(local-direct, "warm-local-overhead-ms")
 	b.ReportMetric(cross-direct, "warm-cross-overhead-ms")
 	b.Logf("%s warm p50 of %d: direct %.2f ms, through A (local) %.2f ms, through C (cross-node) %.2f ms", backend, n, direct, local, cross)
-}
-
-// startPoolTB starts one node per flag set, all in one pool, and waits
-// until each sees every other alive.
-func startPoolTB(tb testing.TB, flags [][]string) []*Node {
-	tb.Helper()
-	first := Up(tb, NewHome(tb), flags[0]...)
-	token := first.Token()
-	nodes := []*Node{first}
-	for _, f := range flags[1:] {
-		nodes = append(nodes, Join(tb, NewHome(tb), token, f...))
-	}
-	ids := make([]string, len(nodes))
-	for i, n := range nodes {
-		ids[i] = n.PeerID()
-	}
-	for i, n := range nodes {
-		if !Eventually(20*time.Second, func() bool {
-			return !slices.ContainsFunc(ids, func(id string) bool { return StateOf(n.Nodes(), id) != "alive" })
-		}) {
-			tb.Fatalf("node %d does not see all %d alive", i, len(nodes))
-		}
-	}
-	return nodes
-}
-
-func ledgerOf(tb testing.TB, n *Node) node.LedgerView {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	l, err := node.NewClient(n.Home).Ledger(ctx)
-	if err != nil {
-		tb.Fatalf("ledger of %s: %v", n.Home, err)
-	}
-	return l
 }
 
 func median(v []float64) float64 {

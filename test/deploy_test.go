@@ -77,13 +77,13 @@ type deployment struct {
 
 // startPool starts one node per flag set, all in one pool, and waits until
 // each sees every other alive.
-func startPool(t *testing.T, flags [][]string) ([]*Node, []string) {
-	t.Helper()
-	first := Up(t, NewHome(t), flags[0]...)
+func startPool(tb testing.TB, flags [][]string) ([]*Node, []string) {
+	tb.Helper()
+	first := Up(tb, NewHome(tb), flags[0]...)
 	token := first.Token()
 	nodes := []*Node{first}
 	for _, f := range flags[1:] {
-		nodes = append(nodes, Join(t, NewHome(t), token, f...))
+		nodes = append(nodes, Join(tb, NewHome(tb), token, f...))
 	}
 	ids := make([]string, len(nodes))
 	for i, n := range nodes {
@@ -99,7 +99,7 @@ func startPool(t *testing.T, flags [][]string) ([]*Node, []string) {
 			return true
 		})
 		if !ok {
-			t.Fatalf("node %d does not see all %d alive", i, len(nodes))
+			tb.Fatalf("node %d does not see all %d alive", i, len(nodes))
 		}
 	}
 	return nodes, ids
@@ -115,13 +115,13 @@ func (n *Node) ps() map[string]deployment {
 	return out
 }
 
-func (n *Node) ledger(t *testing.T) node.LedgerView {
-	t.Helper()
+func (n *Node) ledger(tb testing.TB) node.LedgerView {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	l, err := node.NewClient(n.Home).Ledger(ctx)
 	if err != nil {
-		t.Fatalf("ledger of %s: %v", n.Home, err)
+		tb.Fatalf("ledger of %s: %v", n.Home, err)
 	}
 	return l
 }

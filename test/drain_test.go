@@ -15,7 +15,7 @@ import (
 // with its answer although `shoal leave` ran while it was being served,
 // and the node logs that it drained before it left.
 func TestLeaveDrainsRequestsInFlight(t *testing.T) {
-	wl := workloadBinary(t)
+	wl := testTool(t, "workload")
 	nodes, _ := startPool(t, [][]string{{"--gpu", "RTX 4090:24GiB"}, nil})
 	a, b := nodes[0], nodes[1]
 	dumpOnFailure(t, nodes)

@@ -1,43 +1,13 @@
 package test
 
 import (
-	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
-
-var (
-	workloadOnce sync.Once
-	workloadPath string
-	workloadErr  error
-)
-
-// workloadBinary builds test/workload (slow service, failing program,
-// gang member) once per test process.
-func workloadBinary(tb testing.TB) string {
-	tb.Helper()
-	workloadOnce.Do(func() {
-		bin := Binary(tb)
-		workloadPath = filepath.Join(filepath.Dir(bin), "workload")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", workloadPath, "./test/workload")
-		cmd.Dir = repoRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			workloadErr = fmt.Errorf("go build workload: %v\n%s", err, out)
-		}
-	})
-	if workloadErr != nil {
-		tb.Fatal(workloadErr)
-	}
-	return workloadPath
-}
 
 // writeTemplate writes a template file for deploy -f.
 func writeTemplate(t *testing.T, body string) string {
@@ -71,7 +41,7 @@ func dumpOnFailure(t *testing.T, nodes []*Node) {
 // it fails too; after three failures the deployment is failed with the
 // reason, nothing holds a GPU and no process is left.
 func TestFailedReplicaFreesItsGPU(t *testing.T) {
-	wl := workloadBinary(t)
+	wl := testTool(t, "workload")
 	nodes, ids := startPool(t, [][]string{{"--gpu", "RTX 3060:12GiB"}, {"--gpu", "RTX 3060:12GiB"}})
 	dumpOnFailure(t, nodes)
 	tpl := writeTemplate(t, `apiVersion: shoal/v1

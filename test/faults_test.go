@@ -107,34 +107,17 @@ func (k faultKit) deploy(t *testing.T, n *BedNode, name, model string) {
 	}
 }
 
-// bedRun is the part of a replica in `shoal ps -o json` the scenarios read.
-type bedRun struct {
-	ID      string `json:"id"`
-	Node    string `json:"node"`
-	State   string `json:"state"`
-	Adopted bool   `json:"adopted"`
-}
-
-// bedDeployment is the part of `shoal ps -o json` the scenarios read.
-type bedDeployment struct {
-	ID     string `json:"id"`
-	Status struct {
-		State    string `json:"state"`
-		Replicas []struct {
-			ID string `json:"id"`
-		} `json:"replicas"`
-	} `json:"status"`
-	Runs []bedRun `json:"runs"`
-}
-
 // readyRuns is the replicas of dep n lists as ready; nil when n does not
 // answer.
-func readyRuns(n *BedNode, dep string) []bedRun {
-	var ds []bedDeployment
+func readyRuns(n *BedNode, dep string) []psRun {
+	var ds []struct {
+		ID   string  `json:"id"`
+		Runs []psRun `json:"runs"`
+	}
 	if n.TryJSON(&ds, "ps") != nil {
 		return nil
 	}
-	var out []bedRun
+	var out []psRun
 	for _, d := range ds {
 		if d.ID == dep {
 			for _, r := range d.Runs {
@@ -149,9 +132,9 @@ func readyRuns(n *BedNode, dep string) []bedRun {
 
 // waitReadyOn waits until n lists exactly one ready replica of dep, on a
 // node that ok accepts, and returns it.
-func waitReadyOn(t *testing.T, n *BedNode, dep string, within time.Duration, ok func(bedRun) bool) bedRun {
+func waitReadyOn(t *testing.T, n *BedNode, dep string, within time.Duration, ok func(psRun) bool) psRun {
 	t.Helper()
-	var got []bedRun
+	var got []psRun
 	if !Eventually(within, func() bool {
 		got = readyRuns(n, dep)
 		return len(got) == 1 && ok(got[0])
@@ -413,7 +396,7 @@ func faultKill(t *testing.T, k faultKit) {
 	_, c, gs := faultPool(t, k, 1, 2)
 	k.importModel(t, c, "tiny", 1<<20)
 	k.deploy(t, c, "ref", "tiny")
-	first := waitReadyOn(t, c, "ref", 60*time.Second, func(bedRun) bool { return true })
+	first := waitReadyOn(t, c, "ref", 60*time.Second, func(psRun) bool { return true })
 	victim := byPeer(t, gs, first.Node)
 	l := startLoad(c.Gateway(), loadEvery)
 	l.waitOK(t, time.Now(), 30*time.Second)
@@ -423,7 +406,7 @@ func faultKill(t *testing.T, k faultKit) {
 	if Eventually(30*time.Second, func() bool { return !c.Sees(victim.PeerID, "alive") }) {
 		detect = time.Since(t0)
 	}
-	again := waitReadyOn(t, c, "ref", 60*time.Second, func(r bedRun) bool { return r.Node != victim.PeerID })
+	again := waitReadyOn(t, c, "ref", 60*time.Second, func(r psRun) bool { return r.Node != victim.PeerID })
 	placed := time.Since(t0)
 	l.waitOK(t, time.Now(), 30*time.Second)
 	s := summarise(l.stop(), t0)
@@ -473,7 +456,7 @@ func faultReboot(t *testing.T, k faultKit) {
 	g := gs[0]
 	k.importModel(t, c, "tiny", 1<<20)
 	k.deploy(t, c, "ref", "tiny")
-	waitReadyOn(t, c, "ref", 60*time.Second, func(r bedRun) bool { return r.Node == g.PeerID })
+	waitReadyOn(t, c, "ref", 60*time.Second, func(r psRun) bool { return r.Node == g.PeerID })
 	if st := modelState(g, "tiny"); st != "complete" {
 		t.Fatalf("g0's cache has tiny %q before the reboot; want complete", st)
 	}
@@ -490,7 +473,7 @@ func faultReboot(t *testing.T, k faultKit) {
 	if st := modelState(g, "tiny"); st != "complete" {
 		t.Errorf("g0's cache has tiny %q after the reboot; want complete (the cache survives)", st)
 	}
-	again := waitReadyOn(t, c, "ref", 60*time.Second, func(r bedRun) bool { return r.Node == g.PeerID })
+	again := waitReadyOn(t, c, "ref", 60*time.Second, func(r psRun) bool { return r.Node == g.PeerID })
 	placed := time.Since(t0)
 	l.waitOK(t, time.Now(), 30*time.Second)
 	s := summarise(l.stop(), t0)
@@ -515,7 +498,7 @@ func faultLeave(t *testing.T, k faultKit) {
 	_, c, gs := faultPool(t, k, 1, 2)
 	k.importModel(t, c, "tiny", 1<<20)
 	k.deploy(t, c, "ref", "tiny")
-	first := waitReadyOn(t, c, "ref", 60*time.Second, func(bedRun) bool { return true })
+	first := waitReadyOn(t, c, "ref", 60*time.Second, func(psRun) bool { return true })
 	leaver := byPeer(t, gs, first.Node)
 	l := startLoad(c.Gateway(), loadEvery)
 	l.waitOK(t, time.Now(), 30*time.Second)
@@ -529,7 +512,7 @@ func faultLeave(t *testing.T, k faultKit) {
 	if Eventually(30*time.Second, func() bool { return c.Sees(leaver.PeerID, "left") }) {
 		detect = time.Since(t0)
 	}
-	again := waitReadyOn(t, c, "ref", 60*time.Second, func(r bedRun) bool { return r.Node != leaver.PeerID })
+	again := waitReadyOn(t, c, "ref", 60*time.Second, func(r psRun) bool { return r.Node != leaver.PeerID })
 	placed := time.Since(t0)
 	l.waitOK(t, time.Now(), 30*time.Second)
 	s := summarise(l.stop(), t0)
@@ -584,7 +567,7 @@ func faultPartition(t *testing.T, k faultKit) {
 	k.importModel(t, g0, "tiny", 1<<20)
 	k.importModel(t, g1, "tiny", 1<<20)
 	k.deploy(t, c, "ref", "tiny")
-	waitReadyOn(t, c, "ref", 60*time.Second, func(bedRun) bool { return true })
+	waitReadyOn(t, c, "ref", 60*time.Second, func(psRun) bool { return true })
 	l := startLoad(c.Gateway(), loadEvery)
 	l.waitOK(t, time.Now(), 30*time.Second)
 	t0 := time.Now()
@@ -598,8 +581,8 @@ func faultPartition(t *testing.T, k faultKit) {
 	if Eventually(90*time.Second, func() bool { return y.Sees(g1.PeerID, "alive") && g1.Sees(y.PeerID, "alive") }) {
 		minority = time.Since(t0)
 	}
-	waitReadyOn(t, c, "ref", 60*time.Second, func(r bedRun) bool { return r.Node == g0.PeerID })
-	waitReadyOn(t, y, "ref", 60*time.Second, func(r bedRun) bool { return r.Node == g1.PeerID })
+	waitReadyOn(t, c, "ref", 60*time.Second, func(r psRun) bool { return r.Node == g0.PeerID })
+	waitReadyOn(t, y, "ref", 60*time.Second, func(r psRun) bool { return r.Node == g1.PeerID })
 	split := time.Since(t0)
 	t1 := time.Now()
 	bed.HealAll()
@@ -616,7 +599,7 @@ func faultPartition(t *testing.T, k faultKit) {
 	}) {
 		merged = time.Since(t1)
 	}
-	var runs [][]bedRun
+	var runs [][]psRun
 	one := Eventually(60*time.Second, func() bool {
 		runs = runs[:0]
 		ok := true

@@ -46,7 +46,7 @@ spec:
 // (across nodes, through the mesh); then a gang whose member of rank 1
 // cannot start is released whole, every time, until it is failed.
 func TestGangStartsWholeAndFailsWhole(t *testing.T) {
-	wl := workloadBinary(t)
+	wl := testTool(t, "workload")
 	gpu := []string{"--gpu", "RTX 4090:24GiB"}
 	nodes, ids := startPool(t, [][]string{gpu, gpu, gpu})
 	dumpOnFailure(t, nodes)

@@ -32,20 +32,6 @@ func dockerEngine(tb testing.TB) string {
 	return docker
 }
 
-// docker runs the docker CLI and returns its trimmed stdout.
-func docker(tb testing.TB, bin string, args ...string) (string, error) {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var out, errb bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("docker %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(errb.Bytes()))
-	}
-	return strings.TrimSpace(out.String()), nil
-}
-
 // containerLog is what a container wrote to stdout and stderr.
 func containerLog(bin, name string) string {
 	out, err := exec.Command(bin, "logs", name).CombinedOutput()

@@ -339,7 +339,7 @@ func TestWeightsEvictionSparesPinned(t *testing.T) {
 // and returns its peer ID and the model ID it serves (which must be id).
 func StartLiar(tb testing.TB, token, src, id string) (peerID, modelID string) {
 	tb.Helper()
-	bin := liarBinary(tb)
+	bin := testTool(tb, "liar")
 	dir, err := os.MkdirTemp("", "shoal-liar-")
 	if err != nil {
 		tb.Fatal(err)
@@ -367,29 +367,45 @@ func StartLiar(tb testing.TB, token, src, id string) (peerID, modelID string) {
 	return f[0], f[1]
 }
 
+// toolBuild is one program under test/ built once per test process.
+type toolBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
 var (
-	liarOnce sync.Once
-	liarPath string
-	liarErr  error
+	toolsMu sync.Mutex
+	tools   = map[string]*toolBuild{}
 )
 
-func liarBinary(tb testing.TB) string {
+// testTool builds the program in test/<name> (test/workload: slow service,
+// failing program, gang member; test/liar: a peer that lies about weights)
+// once per test process and returns its path.
+func testTool(tb testing.TB, name string) string {
 	tb.Helper()
-	liarOnce.Do(func() {
+	toolsMu.Lock()
+	tool, ok := tools[name]
+	if !ok {
+		tool = &toolBuild{}
+		tools[name] = tool
+	}
+	toolsMu.Unlock()
+	tool.once.Do(func() {
 		bin := Binary(tb)
-		liarPath = filepath.Join(filepath.Dir(bin), "liar")
+		tool.path = filepath.Join(filepath.Dir(bin), name)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", liarPath, "./test/liar")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", tool.path, "./test/"+name)
 		cmd.Dir = repoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			liarErr = fmt.Errorf("go build liar: %v\n%s", err, out)
+			tool.err = fmt.Errorf("go build %s: %v\n%s", name, err, out)
 		}
 	})
-	if liarErr != nil {
-		tb.Fatal(liarErr)
+	if tool.err != nil {
+		tb.Fatal(tool.err)
 	}
-	return liarPath
+	return tool.path
 }
 
 func repoRoot() string {

@@ -51,11 +51,7 @@ there are integers in micro-credits.`,
 }
 
 func writeCredits(w io.Writer, r node.CreditsReport) error {
-	root := r.Root
-	if len(root) > 12 {
-		root = root[:12]
-	}
-	fmt.Fprintf(w, "Ledger %s: %d receipts, %d counted, %d refused.\n", dash(root), r.Receipts, r.Accepted, r.Rejected)
+	fmt.Fprintf(w, "Ledger %s: %d receipts, %d counted, %d refused.\n", shortPeer(r.Root), r.Receipts, r.Accepted, r.Rejected)
 	tw := newTable(w)
 	fmt.Fprintln(tw, "PEER\tBALANCE\tEARNED\tSPENT\tSERVED GPU-S\tCONSUMED GPU-S\tWEIGHT")
 	for _, id := range r.Identities {

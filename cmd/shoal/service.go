@@ -342,7 +342,7 @@ func installUnit(ctx context.Context, h serviceHost, spec unitSpec, start bool, 
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return res, fmt.Errorf("service: %w", err)
 	}
-	if err := writeFileAtomic(path, []byte(renderUnit(spec)), 0o644); err != nil {
+	if err := node.WriteFileAtomic(path, []byte(renderUnit(spec)), 0o644); err != nil {
 		return res, fmt.Errorf("service: write unit: %w", err)
 	}
 	if err := h.managed(); err != nil {
@@ -404,26 +404,6 @@ func (h serviceHost) run(ctx context.Context, user bool, args ...string) error {
 		return fmt.Errorf("service: systemctl %s: %s: %w", strings.Join(args, " "), bytes.TrimSpace(out), err)
 	}
 	return nil
-}
-
-func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 func (a *app) printServiceInstall(r serviceInstall) error {
