@@ -81,3 +81,48 @@ func (l *bufList) drainIdle() {
 	l.free = l.free[:0]
 	l.timer = nil
 }
+
+// bufSlots lends one session at most n chunk buffers of size bytes,
+// made on first need, so a session that moves no chunk (or sends chunks
+// from a file's mapping) holds none. take is called by one goroutine;
+// give by any.
+type bufSlots struct {
+	free chan []byte
+	made int
+	size int64
+}
+
+func newBufSlots(n int, size int64) *bufSlots {
+	return &bufSlots{free: make(chan []byte, n), size: size}
+}
+
+// take returns a buffer, waiting for one to be given back when all n are
+// out; it reports false if done closes first (a nil done never does).
+func (b *bufSlots) take(done <-chan struct{}) ([]byte, bool) {
+	select {
+	case buf := <-b.free:
+		return buf, true
+	default:
+	}
+	if b.made < cap(b.free) {
+		b.made++
+		return getChunkBuf(b.size), true
+	}
+	select {
+	case buf := <-b.free:
+		return buf, true
+	case <-done:
+		return nil, false
+	}
+}
+
+// give hands back a buffer from take.
+func (b *bufSlots) give(buf []byte) { b.free <- buf }
+
+// release puts the buffers given back on the free list; call it once
+// every buffer taken has been given back.
+func (b *bufSlots) release() {
+	for len(b.free) > 0 {
+		putChunkBuf(<-b.free)
+	}
+}

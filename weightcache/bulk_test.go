@@ -45,7 +45,8 @@ func TestBulkSwarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	var in atomic.Int64
-	stats := fetchEverywhere(t, nodes[1:], id, data, func(s *Store, n *mesh.Node) { serveBulk(t, s, n, nil) }, FetchConfig{
+	var servers []*Server
+	stats := fetchEverywhere(t, nodes[1:], id, data, func(s *Store, n *mesh.Node) { servers = append(servers, serveBulk(t, s, n, nil)) }, FetchConfig{
 		Refresh: 200 * time.Millisecond,
 		Traffic: Traffic{In: func(k int) { in.Add(int64(k)) }},
 	})
@@ -61,6 +62,15 @@ func TestBulkSwarm(t *testing.T) {
 	}
 	if got := in.Load(); got < 3*int64(len(data)) {
 		t.Errorf("fetchers counted %d bytes in, want at least 3 x %d", got, len(data))
+	}
+	// The fetchers passed chunks they had verified themselves to each
+	// other straight from their files' mappings.
+	var mapped int64
+	for _, srv := range servers {
+		mapped += srv.mappedSent.Load()
+	}
+	if mapped == 0 {
+		t.Errorf("no fetcher sent a chunk from a file mapping")
 	}
 }
 

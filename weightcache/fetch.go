@@ -625,10 +625,7 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 		asked, i  int
 		data, buf []byte
 	}
-	free := make(chan []byte, recvBuffers)
-	for range recvBuffers {
-		free <- getChunkBuf(l.m.ChunkSize)
-	}
+	bufs := newBufSlots(recvBuffers, l.m.ChunkSize)
 	work := make(chan recvd, recvBuffers)
 	werr := make(chan error, 1)
 	var wwg sync.WaitGroup
@@ -644,15 +641,13 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 					_ = s.Reset() // the reader stops at its next read
 				}
 			}
-			free <- w.buf
+			bufs.give(w.buf)
 		}
 	}()
 	defer func() {
 		close(work)
 		wwg.Wait()
-		for len(free) > 0 {
-			putChunkBuf(<-free)
-		}
+		bufs.release()
 		select {
 		case e := <-werr:
 			err = e
@@ -807,10 +802,10 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 			}
 			asked := sent[0]
 			sent = sent[1:]
-			buf := <-free // the worker always hands buffers back
+			buf, _ := bufs.take(nil) // the worker always hands buffers back
 			data := buf[:h.b]
 			if _, err := io.ReadFull(r, data); err != nil {
-				free <- buf
+				bufs.give(buf)
 				return err
 			}
 			work <- recvd{asked, i, data, buf}
@@ -858,8 +853,8 @@ func (ft *fetch) take(p peer.ID, asked, i int, data []byte) error {
 	return nil
 }
 
-// recvBuffers is the chunk buffers per peer session: one being read off
-// the stream, one being verified and written.
+// recvBuffers is the most chunk buffers a peer session takes: one being
+// read off the stream, one being verified and written.
 const recvBuffers = 2
 
 // transportOf names the transport under a stream: the last protocol of

@@ -63,6 +63,12 @@ type pfile struct {
 	hmu  sync.Mutex
 	h    hash.Hash
 	next int // first chunk (model index) not yet in h
+
+	// mm maps the file read-only once a session serves a fresh chunk of
+	// it (see view); mapped says the mapping was tried. Both under
+	// partial.mu; unmapped when the last reference is released.
+	mm     []byte
+	mapped bool
 }
 
 // openPartial opens model id for writing. Chunks already held (complete
@@ -123,6 +129,10 @@ func (p *partial) openFile(i int, f File) (*pfile, error) {
 			w.Close()
 			return nil, diskErr(err)
 		}
+	}
+	if err := allocate(w, f.Size); err != nil {
+		w.Close()
+		return nil, diskErr(err)
 	}
 	// Resume: trust the have log only as far as the chunks still verify.
 	if logb, err := os.ReadFile(pp + ".have"); err == nil {
@@ -325,6 +335,34 @@ func (p *partial) read(i int, buf []byte) ([]byte, error) {
 	return buf, nil
 }
 
+// view returns fresh chunk i (see fresh) as a slice of its file's
+// read-only mapping, so it is sent without being copied out of the page
+// cache first. It returns nil when the chunk is not fresh or the file
+// cannot be mapped: the caller reads and verifies it with read. The slice
+// is valid until the caller's reference is released; reading it can fault
+// if the disk fails underneath (see writeFrameMapped).
+func (p *partial) view(i int) []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fresh == nil || !p.fresh[i] || !p.have[i] {
+		return nil
+	}
+	c := p.l.chunks[i]
+	pf := p.files[c.file]
+	if !pf.mapped {
+		pf.mapped = true
+		mm, err := mapFile(pf.f, p.l.m.Files[c.file].Size)
+		if err != nil {
+			p.s.log.Debug("weight file not mapped; chunks are read instead", "id", p.id, "file", p.l.m.Files[c.file].Path, "err", err)
+		}
+		pf.mm = mm
+	}
+	if pf.mm == nil {
+		return nil
+	}
+	return pf.mm[c.off : c.off+int64(c.n)]
+}
+
 // abort stops finish with err.
 func (p *partial) abort(err error) {
 	p.mu.Lock()
@@ -483,6 +521,10 @@ func (p *partial) release() {
 		return
 	}
 	for _, pf := range p.files {
+		if pf.mm != nil {
+			_ = unmapFile(pf.mm)
+			pf.mm = nil
+		}
 		pf.f.Close()
 		if pf.log != nil {
 			pf.log.Close()

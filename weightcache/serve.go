@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -38,6 +40,8 @@ type Server struct {
 	seeding  map[string]*seeding // per model served whole: see seeding
 	bulk     *bulkListener       // nil until ListenBulk
 	wg       sync.WaitGroup
+
+	mappedSent atomic.Int64 // chunks sent from a file mapping (see view)
 }
 
 // Serve starts serving st on reg. Close stops it and waits for the
@@ -146,15 +150,19 @@ func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
 	type loaded struct {
 		i, asked int
 		data     []byte
-		buf      []byte
+		mapped   bool    // data is in the file's mapping
+		buf      []byte  // nil when data is mapped or a hint
 		hint     peer.ID // no chunk: ask this fetcher for it
 		err      error
 	}
+	// Over a bulk connection, chunks this process verified itself are
+	// sent straight from the file's mapping (TLS encrypts in this
+	// goroutine, and a fault reading the mapping becomes an error there);
+	// a libp2p stream may read the payload on another goroutine, so its
+	// chunks always go through a buffer.
+	_, zeroCopy := s.(*bulkConn)
 	ctx, cancel := context.WithCancel(context.Background())
-	free := make(chan []byte, serveBuffers)
-	for range serveBuffers {
-		free <- getChunkBuf(p.l.m.ChunkSize)
-	}
+	bufs := newBufSlots(serveBuffers, p.l.m.ChunkSize)
 	out := make(chan loaded, serveBuffers)
 	var rerr error
 	var wg sync.WaitGroup
@@ -184,34 +192,37 @@ func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
 					return
 				}
 			}
-			var buf []byte
-			select {
-			case buf = <-free:
-			case <-ctx.Done():
-				return
-			}
 			// Take in every message already here before picking, so
 			// the haves sent with a request count in its answer.
 			for r.Buffered() >= requestLen {
 				if rerr = readMsg(); rerr != nil {
-					free <- buf
 					return
 				}
 			}
 			asked := queue[0]
 			queue = queue[1:]
-			i, hint := srv.pick(sd, ss, asked)
-			var data []byte
-			var err error
-			if hint == "" {
-				data, err = p.read(i, buf)
+			ld := loaded{asked: asked}
+			ld.i, ld.hint = srv.pick(sd, ss, asked)
+			if ld.hint == "" && zeroCopy {
+				ld.data = p.view(ld.i)
+				ld.mapped = ld.data != nil
+			}
+			if ld.hint == "" && !ld.mapped {
+				var ok bool
+				if ld.buf, ok = bufs.take(ctx.Done()); !ok {
+					return
+				}
+				ld.data, ld.err = p.read(ld.i, ld.buf)
 			}
 			select {
-			case out <- loaded{i, asked, data, buf, hint, err}:
+			case out <- ld:
 			case <-ctx.Done():
+				if ld.buf != nil {
+					bufs.give(ld.buf)
+				}
 				return
 			}
-			if err != nil {
+			if ld.err != nil {
 				return
 			}
 		}
@@ -221,11 +232,11 @@ func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
 		_ = s.Reset() // no-op after a clean close; unblocks the loader otherwise
 		wg.Wait()
 		for ld := range out {
-			free <- ld.buf
+			if ld.buf != nil {
+				bufs.give(ld.buf)
+			}
 		}
-		for len(free) > 0 {
-			putChunkBuf(<-free)
-		}
+		bufs.release()
 	}()
 
 	for {
@@ -244,7 +255,7 @@ func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
 				if errors.Is(ld.err, ErrHashMismatch) {
 					srv.log.Warn("stored chunk failed verification", "id", id, "chunk", ld.i)
 				}
-				free <- ld.buf
+				bufs.give(ld.buf)
 				_ = writeError(s, codeBad, ld.err.Error())
 				return ld.err
 			}
@@ -255,8 +266,16 @@ func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
 			case ld.i != ld.asked:
 				typ = frSubst
 			}
-			err := writeFrame(s, typ, uint32(ld.i), payload)
-			free <- ld.buf
+			var err error
+			if ld.mapped {
+				err = writeFrameMapped(s, typ, uint32(ld.i), payload)
+				srv.mappedSent.Add(1)
+			} else {
+				err = writeFrame(s, typ, uint32(ld.i), payload)
+			}
+			if ld.buf != nil {
+				bufs.give(ld.buf)
+			}
 			if err != nil {
 				return err
 			}
@@ -340,6 +359,24 @@ func (srv *Server) pick(sd *seeding, ss *seedSession, asked int) (int, peer.ID) 
 	return i, ""
 }
 
-// serveBuffers is the chunk buffers per session: one being sent, one
-// being read and verified.
+// serveBuffers is the most chunk buffers a session takes: one being sent,
+// one being read and verified.
 const serveBuffers = 2
+
+// writeFrameMapped is writeFrame for a payload in a file mapping. Reading
+// a mapping faults where a read would fail (the disk gives an I/O error,
+// the file was cut short underneath); the fault comes back as an error
+// that ends the session, not as a crash of the daemon.
+func writeFrameMapped(w io.Writer, typ byte, a uint32, payload []byte) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(interface{ Addr() uintptr })
+			if !ok {
+				panic(r)
+			}
+			err = fmt.Errorf("weightcache: reading mapped chunk %d: fault at %#x", a, f.Addr())
+		}
+	}()
+	return writeFrame(w, typ, a, payload)
+}
