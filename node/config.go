@@ -92,8 +92,9 @@ type Config struct {
 	// JoinTimeout bounds the first Join of the pool at start. Zero: 20s.
 	JoinTimeout time.Duration
 
-	// PeersSaveInterval is how often peers.json is rewritten with the
-	// members' addresses (it is also written at exit). Zero: 3s; minimum 1s.
+	// PeersSaveInterval is how often the members' addresses are compared
+	// with peers.json, which is rewritten when they changed (and at exit,
+	// if they did). Zero: 3s; minimum 1s.
 	PeersSaveInterval time.Duration
 
 	// LeaveTimeout bounds the graceful leave at shutdown; after it the node

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,6 +48,9 @@ type Daemon struct {
 
 	mu   sync.Mutex
 	info Info
+
+	// savedPeers is what peers.json holds, as written last (run loop only).
+	savedPeers []string
 }
 
 // Info describes a running daemon. Daemon.Info returns it once Ready is
@@ -412,9 +416,17 @@ func (d *Daemon) savePeers(log *slog.Logger, m meshNode, self peer.ID) {
 	if len(peers) == 0 {
 		return // keep the last useful list rather than forget it
 	}
+	// An unchanged list is not written again: a steady pool costs the
+	// disk nothing (it was an fsync'd rewrite every few seconds).
+	addrs := formatP2PAddrs(peers)
+	if slices.Equal(addrs, d.savedPeers) {
+		return
+	}
 	if err := savePeers(d.cfg.Home, peers, d.cfg.Clock.Now()); err != nil {
 		log.Warn("could not save peers", "err", err)
+		return
 	}
+	d.savedPeers = addrs
 }
 
 // listenControl binds the control socket, replacing a stale one left by a

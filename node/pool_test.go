@@ -1,7 +1,9 @@
 package node
 
 import (
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -125,5 +127,43 @@ func TestPeersFileRoundTripAndForget(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(home, PeersFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("peers.json after switching pools: %v; want removed", err)
+	}
+}
+
+// A steady pool leaves peers.json alone; a changed member list rewrites it.
+func TestPeersFileRewrittenOnlyOnChange(t *testing.T) {
+	home := t.TempDir()
+	clk := newFakeClock()
+	d := &Daemon{cfg: Config{Home: home, Clock: clk}}
+	self := testPeer(t, 9)
+	m := newFakeMesh(self)
+	m.known = []peer.AddrInfo{{ID: testPeer(t, 1), Addrs: []multiaddr.Multiaddr{multiaddr.StringCast("/ip4/10.0.0.1/tcp/4242")}}}
+	savedAt := func() string {
+		t.Helper()
+		var f peersFile
+		b, err := os.ReadFile(filepath.Join(home, PeersFile))
+		if err == nil {
+			err = json.Unmarshal(b, &f)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f.SavedAt.String()
+	}
+	log := slog.New(slog.DiscardHandler)
+	d.savePeers(log, m, self)
+	first := savedAt()
+	clk.now = clk.now.Add(time.Minute)
+	d.savePeers(log, m, self)
+	if got := savedAt(); got != first {
+		t.Fatalf("peers.json rewritten (saved_at %s, was %s) with the same members", got, first)
+	}
+	m.known = append(m.known, peer.AddrInfo{ID: testPeer(t, 2), Addrs: []multiaddr.Multiaddr{multiaddr.StringCast("/ip4/10.0.0.2/tcp/4242")}})
+	d.savePeers(log, m, self)
+	if got := savedAt(); got == first {
+		t.Fatal("peers.json not rewritten when a member joined")
+	}
+	if got, _ := loadPeers(home); len(got) != 2 {
+		t.Fatalf("peers.json holds %d peers; want 2", len(got))
 	}
 }
