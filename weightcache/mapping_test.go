@@ -36,7 +36,7 @@ func TestMappedChunkFaultIsAnError(t *testing.T) {
 	}
 	out.Reset()
 	err = writeFrameMapped(&out, frData, 1, mm[1<<20:])
-	if err == nil || !strings.Contains(err.Error(), "fault") {
+	if err == nil || !strings.Contains(err.Error(), "fault reading") {
 		t.Fatalf("reading a mapping past the file's end = %v; want a fault error", err)
 	}
 }

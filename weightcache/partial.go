@@ -339,8 +339,8 @@ func (p *partial) read(i int, buf []byte) ([]byte, error) {
 // read-only mapping, so it is sent without being copied out of the page
 // cache first. It returns nil when the chunk is not fresh or the file
 // cannot be mapped: the caller reads and verifies it with read. The slice
-// is valid until the caller's reference is released; reading it can fault
-// if the disk fails underneath (see writeFrameMapped).
+// is valid until the caller's reference is released; read it through
+// readMapped.
 func (p *partial) view(i int) []byte {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -348,19 +348,33 @@ func (p *partial) view(i int) []byte {
 		return nil
 	}
 	c := p.l.chunks[i]
-	pf := p.files[c.file]
+	mm := p.mappingLocked(c.file)
+	if mm == nil {
+		return nil
+	}
+	return mm[c.off : c.off+int64(c.n)]
+}
+
+// mapping is file fi's read-only shared mapping, made on first use, or
+// nil where it cannot be mapped (empty, or the platform does not map).
+// It stays valid until the last reference is released.
+func (p *partial) mapping(fi int) []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mappingLocked(fi)
+}
+
+func (p *partial) mappingLocked(fi int) []byte {
+	pf := p.files[fi]
 	if !pf.mapped {
 		pf.mapped = true
-		mm, err := mapFile(pf.f, p.l.m.Files[c.file].Size)
+		mm, err := mapFile(pf.f, p.l.m.Files[fi].Size)
 		if err != nil {
-			p.s.log.Debug("weight file not mapped; chunks are read instead", "id", p.id, "file", p.l.m.Files[c.file].Path, "err", err)
+			p.s.log.Debug("weight file not mapped; chunks are read instead", "id", p.id, "file", p.l.m.Files[fi].Path, "err", err)
 		}
 		pf.mm = mm
 	}
-	if pf.mm == nil {
-		return nil
-	}
-	return pf.mm[c.off : c.off+int64(c.n)]
+	return pf.mm
 }
 
 // abort stops finish with err.
@@ -402,18 +416,33 @@ func (p *partial) finish(ctx context.Context) error {
 			continue
 		}
 		last := p.l.first[fi+1]
+		// Chunks are hashed straight from the file's mapping, where it
+		// can be mapped, instead of being read into a buffer first.
+		mm := p.mapping(fi)
 		for {
 			pf.hmu.Lock()
 			for pf.next < last && p.has(pf.next) {
 				ch := p.l.chunks[pf.next]
-				if buf == nil {
-					buf = make([]byte, p.l.m.ChunkSize)
+				var err error
+				if mm != nil {
+					err = readMapped(f.Path, func() error {
+						pf.h.Write(mm[ch.off : ch.off+int64(ch.n)])
+						return nil
+					})
+				} else {
+					if buf == nil {
+						buf = make([]byte, p.l.m.ChunkSize)
+					}
+					if _, err = pf.f.ReadAt(buf[:ch.n], ch.off); err != nil {
+						err = fmt.Errorf("weightcache: %w", err)
+					} else {
+						pf.h.Write(buf[:ch.n])
+					}
 				}
-				if _, err := pf.f.ReadAt(buf[:ch.n], ch.off); err != nil {
+				if err != nil {
 					pf.hmu.Unlock()
-					return fmt.Errorf("weightcache: %w", err)
+					return err
 				}
-				pf.h.Write(buf[:ch.n])
 				pf.next++
 			}
 			next := pf.next

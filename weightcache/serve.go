@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -363,20 +362,8 @@ func (srv *Server) pick(sd *seeding, ss *seedSession, asked int) (int, peer.ID) 
 // one being read and verified.
 const serveBuffers = 2
 
-// writeFrameMapped is writeFrame for a payload in a file mapping. Reading
-// a mapping faults where a read would fail (the disk gives an I/O error,
-// the file was cut short underneath); the fault comes back as an error
-// that ends the session, not as a crash of the daemon.
-func writeFrameMapped(w io.Writer, typ byte, a uint32, payload []byte) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(interface{ Addr() uintptr })
-			if !ok {
-				panic(r)
-			}
-			err = fmt.Errorf("weightcache: reading mapped chunk %d: fault at %#x", a, f.Addr())
-		}
-	}()
-	return writeFrame(w, typ, a, payload)
+// writeFrameMapped is writeFrame for a payload in a file mapping (see
+// readMapped).
+func writeFrameMapped(w io.Writer, typ byte, a uint32, payload []byte) error {
+	return readMapped(fmt.Sprintf("sending chunk %d", a), func() error { return writeFrame(w, typ, a, payload) })
 }
