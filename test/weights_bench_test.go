@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -276,7 +277,9 @@ func BenchmarkWeightsShaped(b *testing.B) {
 			}
 			var fetched, wasted int64
 			transports := map[string]int{}
+			var done []float64 // each fetcher's pull, as it measured it
 			for _, r := range res {
+				done = append(done, r.ElapsedSec)
 				fetched += r.FetchedBytes
 				wasted += r.WastedBytes
 				for t, k := range r.Transports {
@@ -288,8 +291,9 @@ func BenchmarkWeightsShaped(b *testing.B) {
 			b.ReportMetric(wall.Seconds(), fmt.Sprintf("s/N=%d", n))
 			b.ReportMetric(float64(up)/size, fmt.Sprintf("seeder-up/model/N=%d", n))
 			b.ReportMetric(perGiB, fmt.Sprintf("cpu-s/GiB/N=%d", n))
-			b.Logf("N=%d: wall %v (%.2fx N=1), seeder uploaded %d bytes (%.2fx the model), fetchers received %d bytes (%d wasted; sessions by transport %v), daemons' CPU %v (%.2f s per GiB fetched)",
-				n, wall.Round(10*time.Millisecond), wall.Seconds()/n1.Seconds(), up, float64(up)/size, fetched, wasted, transports, cpu.Round(10*time.Millisecond), perGiB)
+			slices.Sort(done)
+			b.Logf("N=%d: wall %v (%.2fx N=1; the fetchers' own times %.2f–%.2f s, median %.2f), seeder uploaded %d bytes (%.2fx the model), fetchers received %d bytes (%d wasted; sessions by transport %v), daemons' CPU %v (%.2f s per GiB fetched)",
+				n, wall.Round(10*time.Millisecond), wall.Seconds()/n1.Seconds(), done[0], done[len(done)-1], done[len(done)/2], up, float64(up)/size, fetched, wasted, transports, cpu.Round(10*time.Millisecond), perGiB)
 		}
 		for _, n := range append(nodes, seeder) {
 			n.Stop()
