@@ -305,12 +305,11 @@ func (k KeyRing) Allows(r *http.Request) bool {
 // serve sends r to a ready replica of dep, waiting for one when there is
 // none.
 func (g *Gateway) serve(w *recorder, r *http.Request, dep string, t target, start time.Time) {
-	ready, _, known := g.cfg.Directory.Lookup(dep)
+	ready, _, known := g.lookup(dep, nil)
 	if !known {
 		g.fail(w, "", g.unknown(dep))
 		return
 	}
-	ready = g.reachable(ready, nil)
 	st := g.state(dep)
 	st.begin(g.cfg.Clock.Now())
 	g.m.inFlight.WithLabelValues(dep).Inc()
@@ -352,8 +351,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, dep string, t target, star
 			}
 			r.Body = body
 		}
-		ready, _, _ = g.cfg.Directory.Lookup(dep)
-		ready = g.reachable(ready, avoid)
+		ready, _, _ = g.lookup(dep, avoid)
 	}
 }
 
@@ -438,8 +436,7 @@ func (g *Gateway) wait(ctx context.Context, st *depState, dep string, avoid map[
 				g.cfg.Logger.Warn("gateway: scale up failed", "deployment", dep, "err", err)
 			}
 		}
-		ready, changed, known := g.cfg.Directory.Lookup(dep)
-		ready = g.reachable(ready, avoid)
+		ready, changed, known := g.lookup(dep, avoid)
 		if len(ready) > 0 {
 			if st.found() {
 				g.m.coldStarts.WithLabelValues(dep).Inc()
@@ -474,6 +471,13 @@ func (g *Gateway) markUnreachable(p peer.ID) {
 	g.lmu.Lock()
 	g.unreachable[p] = g.cfg.Clock.Now().Add(unreachableFor)
 	g.lmu.Unlock()
+}
+
+// lookup is the Directory's answer for dep, its ready replicas passed
+// through reachable.
+func (g *Gateway) lookup(dep string, avoid map[string]bool) (ready []Replica, changed <-chan struct{}, known bool) {
+	ready, changed, known = g.cfg.Directory.Lookup(dep)
+	return g.reachable(ready, avoid), changed, known
 }
 
 // reachable drops the replicas on nodes marked unreachable, and those in

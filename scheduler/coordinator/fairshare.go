@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -266,13 +267,9 @@ func (p *planner) fitsAlone(r Record, st *depState) bool {
 	if missing <= 0 {
 		return false
 	}
-	avoid := map[string]bool{}
-	for _, id := range r.Spec.Avoid {
-		avoid[id] = true
-	}
 	snap := make([]scheduler.Node, 0, len(p.nodes))
 	for _, n := range p.nodes {
-		if !avoid[n.ID] {
+		if !slices.Contains(r.Spec.Avoid, n.ID) {
 			snap = append(snap, p.snapshot(n))
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/shoalmesh/shoal/scheduler"
@@ -169,13 +170,9 @@ func allocationsOf(n scheduler.Node, held []Reservation, now time.Time) []schedu
 // r.Spec.Avoid, then copies what that pool committed back into the step's
 // pool, so the deployments after r see it.
 func (p *planner) placeAvoiding(ctx context.Context, r Record, st *depState, missing int) Status {
-	avoid := map[string]bool{}
-	for _, id := range r.Spec.Avoid {
-		avoid[id] = true
-	}
 	var keep []scheduler.Node
 	for _, n := range p.pool.Nodes() {
-		if !avoid[n.ID] {
+		if !slices.Contains(r.Spec.Avoid, n.ID) {
 			keep = append(keep, n)
 		}
 	}
