@@ -267,23 +267,17 @@ func (s *ledgerServer) serve(c coordinator.Call) coordinator.Answer {
 			Priority: ledger.Priority(r.Priority), Preemptible: r.Class == scheduler.Batch.String(),
 			Claim: claimOf(r.Slot),
 		}
-		var err error
 		if s.leaving {
 			a.Refused = &coordinator.Refused{Resource: "node leaving the pool"}
 			break
 		}
-		if len(c.Evict) > 0 {
-			// The replicas of evicted reservations stop when the runner
-			// next reconciles against the ledger; their coordinators find
-			// them gone at their next renewal.
-			var gone []ledger.Reservation
-			gone, err = s.led.ReserveEvicting(now, lr, lease, c.Evict)
-			for _, g := range gone {
-				a.Evicted = append(a.Evicted, g.ID)
-				s.log.Info("reservation evicted", "id", g.ID, "deployment", g.Deployment, "by", r.ID)
-			}
-		} else {
-			err = s.led.Reserve(now, lr, lease)
+		// The replicas of evicted reservations stop when the runner next
+		// reconciles against the ledger; their coordinators find them gone
+		// at their next renewal.
+		gone, err := s.led.ReserveEvicting(now, lr, lease, c.Evict)
+		for _, g := range gone {
+			a.Evicted = append(a.Evicted, g.ID)
+			s.log.Info("reservation evicted", "id", g.ID, "deployment", g.Deployment, "by", r.ID)
 		}
 		var ie *ledger.InsufficientError
 		switch {

@@ -279,12 +279,10 @@ func (l *Ledger) Reserve(now time.Time, r Reservation, lease time.Duration) erro
 // lower priority than r (else ErrNotEvictable), and r must fit once they
 // are gone (else an *InsufficientError). Victims the ledger no longer holds
 // are skipped. It returns the reservations it evicted (the daemon stops
-// their replicas, and their coordinators find them gone).
+// their replicas, and their coordinators find them gone). With no victims
+// it is Reserve.
 func (l *Ledger) ReserveEvicting(now time.Time, r Reservation, lease time.Duration, victims []string) ([]Reservation, error) {
-	if r.ID == "" {
-		return nil, fmt.Errorf("%w: empty reservation ID", ErrBadClaim)
-	}
-	if _, ok := l.res[r.ID]; ok {
+	if _, ok := l.res[r.ID]; ok || r.ID == "" || len(victims) == 0 {
 		return nil, l.Reserve(now, r, lease)
 	}
 	skip := map[string]bool{}

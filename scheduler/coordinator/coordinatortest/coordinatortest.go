@@ -251,15 +251,9 @@ func Serve(l *ledger.Ledger, now time.Time, call coordinator.Call) coordinator.A
 		}
 		lr := ledger.Reservation{ID: r.ID, Deployment: r.Deployment, Holder: r.Holder, Priority: ledger.Priority(r.Priority),
 			Preemptible: r.Class == scheduler.Batch.String(), Claim: claim}
-		var err error
-		if len(call.Evict) > 0 {
-			var gone []ledger.Reservation
-			gone, err = l.ReserveEvicting(now, lr, lease, call.Evict)
-			for _, g := range gone {
-				a.Evicted = append(a.Evicted, g.ID)
-			}
-		} else {
-			err = l.Reserve(now, lr, lease)
+		gone, err := l.ReserveEvicting(now, lr, lease, call.Evict)
+		for _, g := range gone {
+			a.Evicted = append(a.Evicted, g.ID)
 		}
 		var ie *ledger.InsufficientError
 		switch {
