@@ -587,25 +587,38 @@ func (s *deployService) list() []Deployment {
 	recs := s.store.List()
 	s.mu.Unlock()
 	out := []Deployment{}
+	ids, runs := s.placement()
 	for _, r := range recs {
 		if !r.Spec.Deleted {
-			out = append(out, s.viewOf(r))
+			out = append(out, viewOf(r, ids, runs))
 		}
 	}
 	return out
 }
 
+// viewOf is one deployment as the API shows it.
 func (s *deployService) viewOf(r coordinator.Record) Deployment {
-	var ids []string
+	ids, runs := s.placement()
+	return viewOf(r, ids, runs)
+}
+
+// placement is what a view of a deployment is made of besides its
+// record: the nodes the owner is elected among and every replica run.
+func (s *deployService) placement() (ids []string, runs []ReplicaRun) {
 	for _, n := range s.view.Nodes() {
 		ids = append(ids, n.ID)
 	}
-	d := Deployment{Record: r, Owner: coordinator.Owner(r.ID, ids), Runs: []ReplicaRun{}}
 	if s.runs != nil {
-		for _, x := range s.runs() {
-			if x.Deployment == r.ID {
-				d.Runs = append(d.Runs, x)
-			}
+		runs = s.runs()
+	}
+	return ids, runs
+}
+
+func viewOf(r coordinator.Record, ids []string, runs []ReplicaRun) Deployment {
+	d := Deployment{Record: r, Owner: coordinator.Owner(r.ID, ids), Runs: []ReplicaRun{}}
+	for _, x := range runs {
+		if x.Deployment == r.ID {
+			d.Runs = append(d.Runs, x)
 		}
 	}
 	return d

@@ -369,19 +369,17 @@ func (sv *serving) withLoads(xs []ReplicaRun) []ReplicaRun {
 // others' from their reports) plus requests that wait for a replica on any
 // gateway; and how many replicas are ready.
 func (sv *serving) load(dep string) (concurrency float64, ready int) {
-	for _, x := range sv.withLoads(sv.own()) {
-		if x.Deployment == dep && x.State == PhaseReady {
-			ready++
-			concurrency += float64(x.InFlight)
-		}
-	}
-	for _, r := range sv.fresh() {
-		for _, x := range r.Replicas {
+	count := func(xs []ReplicaRun) {
+		for _, x := range xs {
 			if x.Deployment == dep && x.State == PhaseReady {
 				ready++
 				concurrency += float64(x.InFlight)
 			}
 		}
+	}
+	count(sv.withLoads(sv.own()))
+	for _, r := range sv.fresh() {
+		count(r.Replicas)
 		concurrency += float64(r.Waiting[dep])
 	}
 	sv.mu.Lock()
