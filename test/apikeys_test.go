@@ -70,7 +70,7 @@ func TestGatewayAPIKeys(t *testing.T) {
 	base := "http://" + st.Gateway
 
 	_, imp := referenceModel(t, ref, "tiny")
-	weightsAdd(t, a, imp, "tiny")
+	a.Shoal("weights", "add", imp, "--name", "tiny")
 	deployTemplate(t, a, refTemplate("", 0, "10m"), "ref", "tiny")
 
 	for _, tc := range []struct {

@@ -68,7 +68,7 @@ func benchColdStart(b *testing.B, backend string) {
 		b.StopTimer()
 		name := fmt.Sprintf("cs%d", i)
 		_, imp := referenceModel(b, ref, name)
-		weightsAdd(b, m, imp, name)
+		m.Shoal("weights", "add", imp, "--name", name)
 		if !Eventually(20*time.Second, func() bool { return listsModel(a, name) }) {
 			b.Fatalf("A never lists model %s", name)
 		}

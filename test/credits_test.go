@@ -75,16 +75,12 @@ func TestCreditsEndToEnd(t *testing.T) {
 			}
 		}
 	})
-	if _, stderr, err := Run(t, "--home", a.Home, "weights", "add", imp, "--name", "tiny"); err != nil {
-		t.Fatalf("weights add: %v\n%s", err, stderr)
-	}
+	a.Shoal("weights", "add", imp, "--name", "tiny")
 	tpl := filepath.Join(t.TempDir(), "ref.yaml")
 	if err := os.WriteFile(tpl, []byte(serveTemplate), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, stderr, err := Run(t, "--home", c.Home, "deploy", "-f", tpl, "--set", "model=tiny", "--name", "ref", "--replicas", "1"); err != nil {
-		t.Fatalf("deploy: %v\n%s", err, stderr)
-	}
+	c.Shoal("deploy", "-f", tpl, "--set", "model=tiny", "--name", "ref", "--replicas", "1")
 	ready := func() bool {
 		for _, r := range c.ps()["ref"].Runs {
 			if r.State == "ready" {
@@ -98,9 +94,7 @@ func TestCreditsEndToEnd(t *testing.T) {
 	}
 	servedFrom := time.Now()
 	time.Sleep(3 * time.Second) // the replica serves: this is the usage billed, not a wait for convergence
-	if _, stderr, err := Run(t, "--home", c.Home, "rm", "ref"); err != nil {
-		t.Fatalf("rm: %v\n%s", err, stderr)
-	}
+	c.Shoal("rm", "ref")
 	servedFor := time.Since(servedFrom)
 
 	// Every node converges on A's receipts.
@@ -152,9 +146,7 @@ func TestCreditsEndToEnd(t *testing.T) {
 
 	// A deployment that pays at most 1 credit per GPU-hour is not placed on
 	// A, the only card, which asks 36: the refusal counts A as priced out.
-	if _, stderr, err := Run(t, "--home", c.Home, "deploy", "-f", tpl, "--set", "model=tiny", "--name", "cheap", "--replicas", "1", "--max-price", "1"); err != nil {
-		t.Fatalf("deploy --max-price: %v\n%s", err, stderr)
-	}
+	c.Shoal("deploy", "-f", tpl, "--set", "model=tiny", "--name", "cheap", "--replicas", "1", "--max-price", "1")
 	var cheap deployment
 	if !Eventually(15*time.Second, func() bool {
 		cheap = c.ps()["cheap"]

@@ -38,9 +38,7 @@ spec:
     minReplicas: 1
     maxReplicas: 1
 `)
-	if _, stderr, err := Run(t, "--home", b.Home, "deploy", "-f", tpl, "--name", "slow"); err != nil {
-		t.Fatalf("deploy: %v\n%s", err, stderr)
-	}
+	b.Shoal("deploy", "-f", tpl, "--name", "slow")
 	if !Eventually(30*time.Second, func() bool {
 		for _, r := range b.ps()["slow"].Runs {
 			if r.State == "ready" {
@@ -85,9 +83,7 @@ spec:
 		t.Fatalf("the request never showed in flight on A: %+v", a.ps()["slow"])
 	}
 	left := time.Now()
-	if _, stderr, err := Run(t, "--home", a.Home, "leave"); err != nil {
-		t.Fatalf("leave: %v\n%s", err, stderr)
-	}
+	a.Shoal("leave")
 	select {
 	case got := <-done:
 		if got.err != nil || got.code != http.StatusOK || !strings.Contains(got.body, "done after 2s") {

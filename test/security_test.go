@@ -330,7 +330,7 @@ func TestMetricsExportPlacementTransferAndLatency(t *testing.T) {
 	_, imp := referenceModel(t, ref, "tiny")
 	nodes, _ := startPool(t, [][]string{nil, {"--gpu", "RTX 4090:24GiB:16384", "--runtime", "process"}})
 	m, a := nodes[0], nodes[1]
-	weightsAdd(t, m, imp, "tiny")
+	m.Shoal("weights", "add", imp, "--name", "tiny")
 	if !Eventually(20*time.Second, func() bool {
 		var ms []struct {
 			Name string `json:"name"`

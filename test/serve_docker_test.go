@@ -137,7 +137,7 @@ func TestServeDockerScaleToZero(t *testing.T) {
 	if !strings.HasPrefix(st.Runtime, "docker") {
 		t.Errorf("status of A says runtime %q; want docker", st.Runtime)
 	}
-	weightsAdd(t, m, imp, "tiny")
+	m.Shoal("weights", "add", imp, "--name", "tiny")
 	if !Eventually(20*time.Second, func() bool {
 		var ms []struct {
 			Name string `json:"name"`
@@ -162,8 +162,13 @@ func TestServeDockerScaleToZero(t *testing.T) {
 		t.Fatalf("replica runs on %q; want docker", run.Backend)
 	}
 	// `shoal nodes` on C shows A's GPU reserved (the reservation was
-	// announced before the container started; the idle timeout is 3 s).
-	if !Eventually(2*time.Second, func() bool { return gpuReserved(t, cn, aID) == 1000 }) {
+	// announced before the container started). A request per look keeps
+	// the replica from its 3 s idle timeout while A's record reaches C,
+	// which on a loaded machine took more than 2 s.
+	if !Eventually(10*time.Second, func() bool {
+		chat(t, base)
+		return gpuReserved(t, cn, aID) == 1000
+	}) {
 		t.Errorf("shoal nodes on C: A's GPU reserved %d milli-GPU while the container runs; want 1000", gpuReserved(t, cn, aID))
 	}
 
@@ -252,9 +257,7 @@ func TestServeDockerScaleToZero(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"ref", "nopull"} {
-		if _, stderr, err := Run(t, "--home", cn.Home, "rm", name); err != nil {
-			t.Fatalf("rm %s: %v\n%s", name, err, stderr)
-		}
+		cn.Shoal("rm", name)
 	}
 	if !Eventually(20*time.Second, func() bool { return len(containersOf(t, c, aID)) == 0 }) {
 		t.Errorf("after rm A still runs containers %v", containersOf(t, c, aID))

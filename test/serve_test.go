@@ -130,7 +130,7 @@ func TestServeScaleToZero(t *testing.T) {
 	// weights from M); requests go to C.
 	nodes, _ := startPool(t, [][]string{nil, {"--gpu", "RTX 4090:24GiB:16384", "--runtime", "process"}, nil})
 	m, a, c := nodes[0], nodes[1], nodes[2]
-	weightsAdd(t, m, imp, "tiny")
+	m.Shoal("weights", "add", imp, "--name", "tiny")
 	// Wait until A knows the name from M's record, so the cold start below
 	// measures the fetch rather than the record's way to A.
 	if !Eventually(20*time.Second, func() bool {
@@ -146,9 +146,7 @@ func TestServeScaleToZero(t *testing.T) {
 	if err := os.WriteFile(tpl, []byte(serveTemplate), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, stderr, err := Run(t, "--home", c.Home, "deploy", "-f", tpl, "--set", "model=tiny", "--name", "ref"); err != nil {
-		t.Fatalf("deploy: %v\n%s", err, stderr)
-	}
+	c.Shoal("deploy", "-f", tpl, "--set", "model=tiny", "--name", "ref")
 	var st struct {
 		Gateway string `json:"gateway"`
 	}
@@ -226,9 +224,7 @@ func TestServeScaleToZero(t *testing.T) {
 	t.Logf("second cold start %v (weights already local)", cold2)
 
 	// scale 1: the replica stays past the idle timeout.
-	if _, stderr, err := Run(t, "--home", a.Home, "scale", "ref", "1"); err != nil {
-		t.Fatalf("scale: %v\n%s", err, stderr)
-	}
+	a.Shoal("scale", "ref", "1")
 	time.Sleep(4500 * time.Millisecond) // past the 3 s idle timeout: nothing should happen
 	if l := a.ledger(t); len(l.Reservations) != 1 {
 		t.Errorf("after scale 1 and 4.5 s without traffic A holds %d reservations; want 1", len(l.Reservations))
@@ -265,9 +261,7 @@ func TestServeScaleToZero(t *testing.T) {
 
 	// rm stops the replica and frees the GPU.
 	rmAt := time.Now()
-	if _, stderr, err := Run(t, "--home", c.Home, "rm", "ref"); err != nil {
-		t.Fatalf("rm: %v\n%s", err, stderr)
-	}
+	c.Shoal("rm", "ref")
 	if !Eventually(20*time.Second, func() bool {
 		return len(a.ledger(t).Reservations) == 0 && !replicaProcesses(t, a.Home)
 	}) {
@@ -322,13 +316,6 @@ func referenceModel(t testing.TB, ref, name string) (model, imp string) {
 	return model, imp
 }
 
-func weightsAdd(t testing.TB, n *Node, dir, name string) {
-	t.Helper()
-	if _, stderr, err := Run(t, "--home", n.Home, "weights", "add", dir, "--name", name); err != nil {
-		t.Fatalf("weights add: %v\n%s", err, stderr)
-	}
-}
-
 // refTemplate is the reference workload on one whole (declared) GPU with
 // minReplicas replicas (0: scale to zero after idle without traffic), as a
 // process or, with image set, a container of that image.
@@ -376,9 +363,7 @@ func deployTemplate(t testing.TB, n *Node, text, name, model string) {
 	if err := os.WriteFile(tpl, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, stderr, err := Run(t, "--home", n.Home, "deploy", "-f", tpl, "--set", "model="+model, "--name", name); err != nil {
-		t.Fatalf("deploy %s: %v\n%s", name, err, stderr)
-	}
+	n.Shoal("deploy", "-f", tpl, "--set", "model="+model, "--name", name)
 }
 
 // psRun is the part of a replica in `shoal ps -o json` these tests read.
@@ -467,7 +452,7 @@ func testAdoption(t *testing.T, runtimeFlag, image string, alive replicaAlive, s
 	// One node: its replica is adopted.
 	a := note(Up(t, NewHome(t), flags...))
 	logOnFailure(t, a)
-	weightsAdd(t, a, imp, "tiny")
+	a.Shoal("weights", "add", imp, "--name", "tiny")
 	deployTemplate(t, a, refTemplate(image, 1, "10m"), "ref", "tiny")
 	first := readyRun(t, a, "ref", 30*time.Second)
 	before, _ := chat(t, a.gateway(t))
@@ -492,7 +477,7 @@ func testAdoption(t *testing.T, runtimeFlag, image string, alive replicaAlive, s
 	b := Up(t, NewHome(t))
 	a2 := note(Join(t, NewHome(t), b.Token(), flags...))
 	logOnFailure(t, a2)
-	weightsAdd(t, a2, imp, "tiny")
+	a2.Shoal("weights", "add", imp, "--name", "tiny")
 	deployTemplate(t, b, refTemplate(image, 1, "10m"), "gone", "tiny")
 	doomed := readyRun(t, a2, "gone", 30*time.Second)
 	persisted(t, a2, "gone")
@@ -501,9 +486,7 @@ func testAdoption(t *testing.T, runtimeFlag, image string, alive replicaAlive, s
 	if !Eventually(20*time.Second, func() bool { return StateOf(b.Nodes(), aID) != "alive" }) {
 		t.Fatal("B never noticed that A is down")
 	}
-	if _, stderr, err := Run(t, "--home", b.Home, "rm", "gone"); err != nil {
-		t.Fatalf("rm while A is down: %v\n%s", err, stderr)
-	}
+	b.Shoal("rm", "gone")
 	if !alive(doomed.Ref) {
 		t.Fatalf("replica %s died with its daemon", doomed.Ref)
 	}
