@@ -284,3 +284,93 @@ func TestLiveConnectionsAreKept(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadConnectionReplacedInPoolOfThree: a's connection to b runs
+// through the proxy, and c is connected to both directly, so b's
+// heartbeats could reach a through c. When the proxy goes dark, a stream
+// from a to b still works again within seconds, over a new connection:
+// the relay through c does not hide the dead connection from the check
+// (2.4 s here in every run, against about 20 s for yamux's keepalive).
+func TestDeadConnectionReplacedInPoolOfThree(t *testing.T) {
+	pool, err := mesh.NewPool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := meshtest.Config(t, pool, "b")
+	meshtest.Fast(&cb)
+	b := meshtest.Start(t, cb)
+	const echo = "/shoal/test/echo/1.0.0"
+	b.Handle(echo, func(s network.Stream) {
+		defer s.Close()
+		_, _ = io.Copy(s, s)
+	})
+	bTCP := tcpListenAddr(t, b)
+	target, err := manet.ToNetAddr(bTCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := startProxy(t, target.String())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	cc := meshtest.Config(t, mesh.Pool{Secret: pool.Secret, Bootstrap: []peer.AddrInfo{{ID: b.ID(), Addrs: b.Addrs()}}}, "c")
+	meshtest.Fast(&cc)
+	c := meshtest.Start(t, cc)
+	if err := c.Join(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ca := meshtest.Config(t, mesh.Pool{Secret: pool.Secret, Bootstrap: []peer.AddrInfo{{ID: b.ID(), Addrs: []multiaddr.Multiaddr{proxy.addr()}}}}, "a")
+	meshtest.Fast(&ca)
+	a := meshtest.Start(t, ca)
+	if err := a.Join(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nodes := []*mesh.Node{a, b, c}
+	for i, n := range nodes {
+		if !meshtest.Eventually(10*time.Second, func() bool { return meshtest.Sees(n, nodes, mesh.StateAlive) }) {
+			t.Fatalf("node %d sees %v; want all alive", i, n.Members())
+		}
+	}
+	for _, conn := range a.Host().Network().ConnsToPeer(b.ID()) {
+		if !proxy.wentThrough(conn) {
+			t.Fatalf("a reached b at %s; want every connection through the proxy", conn.RemoteMultiaddr())
+		}
+	}
+	roundTrip := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s, err := a.OpenStream(ctx, b.ID(), echo)
+		if err != nil {
+			return err
+		}
+		defer s.Reset()
+		_ = s.SetDeadline(time.Now().Add(time.Second))
+		if _, err := s.Write([]byte{7}); err != nil {
+			return err
+		}
+		var got [1]byte
+		_, err = io.ReadFull(s, got[:])
+		return err
+	}
+	if err := roundTrip(); err != nil {
+		t.Fatalf("echo before the blackhole: %v", err)
+	}
+
+	proxy.blackhole()
+	start := time.Now()
+	const bound = 10 * time.Second
+	var last error
+	for time.Since(start) < bound {
+		if last = roundTrip(); last == nil {
+			break
+		}
+	}
+	if last != nil {
+		t.Fatalf("no echo from b %s after the blackhole (last: %v; b %s to a)", time.Since(start), last, stateOf(a, b.ID()))
+	}
+	t.Logf("blackhole to a working stream: %s (dead connections closed by a: %d)",
+		time.Since(start).Round(time.Millisecond), a.Stats().DeadConnsClosed)
+	if a.Stats().DeadConnsClosed == 0 {
+		t.Errorf("a closed no dead connection; want the proxied one closed by the check")
+	}
+}
