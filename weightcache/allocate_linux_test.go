@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -37,6 +38,9 @@ func TestDiskTooSmallFailsAtStart(t *testing.T) {
 	st, err := f.Fetch(ctx, id, nil)
 	if !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("Fetch onto a 2 MiB disk = %v; want ErrDiskFull", err)
+	}
+	if !strings.Contains(err.Error(), "model.safetensors") || !strings.Contains(err.Error(), "no space left") {
+		t.Errorf("error %q; want the file it could not reserve and the system's reason", err)
 	}
 	if st.FetchedBytes != 0 {
 		t.Fatalf("fetched %d bytes before finding the disk too small", st.FetchedBytes)

@@ -132,7 +132,7 @@ func (p *partial) openFile(i int, f File) (*pfile, error) {
 	}
 	if err := allocate(w, f.Size); err != nil {
 		w.Close()
-		return nil, diskErr(err)
+		return nil, fmt.Errorf("%w (reserving %d bytes for %s under %s)", diskErr(err), f.Size, f.Path, p.s.cfg.Dir)
 	}
 	// Resume: trust the have log only as far as the chunks still verify.
 	if logb, err := os.ReadFile(pp + ".have"); err == nil {
