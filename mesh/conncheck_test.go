@@ -160,6 +160,65 @@ func tcpListenAddr(t *testing.T, n *mesh.Node) multiaddr.Multiaddr {
 	return nil
 }
 
+// fastMember starts a node of pool with the Fast timings; when pool names
+// a bootstrap peer, it joins through it.
+func fastMember(t *testing.T, pool mesh.Pool, name string) *mesh.Node {
+	t.Helper()
+	c := meshtest.Config(t, pool, name)
+	meshtest.Fast(&c)
+	n := meshtest.Start(t, c)
+	if len(pool.Bootstrap) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := n.Join(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return n
+}
+
+// behindProxy starts a blackhole proxy in front of b's TCP address and a
+// member "a" of b's pool that joins through it, so its connection to b
+// runs through the proxy while b's direct address (returned too) becomes
+// known to a from identify and b's record.
+func behindProxy(t *testing.T, pool mesh.Pool, b *mesh.Node) (*mesh.Node, *blackholeProxy, multiaddr.Multiaddr) {
+	t.Helper()
+	bTCP := tcpListenAddr(t, b)
+	target, err := manet.ToNetAddr(bTCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := startProxy(t, target.String())
+	a := fastMember(t, mesh.Pool{Secret: pool.Secret, Bootstrap: []peer.AddrInfo{{ID: b.ID(), Addrs: []multiaddr.Multiaddr{proxy.addr()}}}}, "a")
+	return a, proxy, bTCP
+}
+
+// allAlive fails t unless every node sees every one of nodes alive within
+// 10 s.
+func allAlive(t *testing.T, nodes []*mesh.Node) {
+	t.Helper()
+	for i, n := range nodes {
+		if !meshtest.Eventually(10*time.Second, func() bool { return meshtest.Sees(n, nodes, mesh.StateAlive) }) {
+			t.Fatalf("node %d sees %v; want all alive", i, n.Members())
+		}
+	}
+}
+
+// throughProxy fails t unless a holds a connection to b and every one
+// runs through proxy.
+func throughProxy(t *testing.T, a, b *mesh.Node, proxy *blackholeProxy) {
+	t.Helper()
+	conns := a.Host().Network().ConnsToPeer(b.ID())
+	for _, c := range conns {
+		if !proxy.wentThrough(c) {
+			t.Fatalf("a reached b at %s before the blackhole; want every connection through the proxy at %s", c.RemoteMultiaddr(), proxy.addr())
+		}
+	}
+	if len(conns) == 0 {
+		t.Fatal("a holds no connection to b")
+	}
+}
+
 func stateOf(n *mesh.Node, id peer.ID) mesh.State {
 	for _, m := range n.Members() {
 		if m.PeerID == id {
@@ -182,39 +241,11 @@ func TestSilentlyDeadConnectionIsReplaced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cb := meshtest.Config(t, pool, "b")
-	meshtest.Fast(&cb)
-	b := meshtest.Start(t, cb)
-	bTCP := tcpListenAddr(t, b)
-	target, err := manet.ToNetAddr(bTCP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := startProxy(t, target.String())
-
-	ca := meshtest.Config(t, mesh.Pool{Secret: pool.Secret, Bootstrap: []peer.AddrInfo{{ID: b.ID(), Addrs: []multiaddr.Multiaddr{proxy.addr()}}}}, "a")
-	meshtest.Fast(&ca)
-	a := meshtest.Start(t, ca)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := a.Join(ctx); err != nil {
-		t.Fatal(err)
-	}
+	b := fastMember(t, pool, "b")
+	a, proxy, bTCP := behindProxy(t, pool, b)
 	nodes := []*mesh.Node{a, b}
-	for i, n := range nodes {
-		if !meshtest.Eventually(10*time.Second, func() bool { return meshtest.Sees(n, nodes, mesh.StateAlive) }) {
-			t.Fatalf("node %d sees %v; want both alive", i, n.Members())
-		}
-	}
-	conns := a.Host().Network().ConnsToPeer(b.ID())
-	for _, c := range conns {
-		if !proxy.wentThrough(c) {
-			t.Fatalf("a reached b at %s before the blackhole; want every connection through the proxy at %s", c.RemoteMultiaddr(), proxy.addr())
-		}
-	}
-	if len(conns) == 0 {
-		t.Fatal("a holds no connection to b")
-	}
+	allAlive(t, nodes)
+	throughProxy(t, a, b, proxy)
 	if !slices.ContainsFunc(a.Host().Peerstore().Addrs(b.ID()), bTCP.Equal) {
 		t.Fatalf("a's peerstore holds %v for b; want b's direct address %s too", a.Host().Peerstore().Addrs(b.ID()), bTCP)
 	}
@@ -296,46 +327,16 @@ func TestDeadConnectionReplacedInPoolOfThree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cb := meshtest.Config(t, pool, "b")
-	meshtest.Fast(&cb)
-	b := meshtest.Start(t, cb)
+	b := fastMember(t, pool, "b")
 	const echo = "/shoal/test/echo/1.0.0"
 	b.Handle(echo, func(s network.Stream) {
 		defer s.Close()
 		_, _ = io.Copy(s, s)
 	})
-	bTCP := tcpListenAddr(t, b)
-	target, err := manet.ToNetAddr(bTCP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := startProxy(t, target.String())
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-
-	cc := meshtest.Config(t, mesh.Pool{Secret: pool.Secret, Bootstrap: []peer.AddrInfo{{ID: b.ID(), Addrs: b.Addrs()}}}, "c")
-	meshtest.Fast(&cc)
-	c := meshtest.Start(t, cc)
-	if err := c.Join(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ca := meshtest.Config(t, mesh.Pool{Secret: pool.Secret, Bootstrap: []peer.AddrInfo{{ID: b.ID(), Addrs: []multiaddr.Multiaddr{proxy.addr()}}}}, "a")
-	meshtest.Fast(&ca)
-	a := meshtest.Start(t, ca)
-	if err := a.Join(ctx); err != nil {
-		t.Fatal(err)
-	}
-	nodes := []*mesh.Node{a, b, c}
-	for i, n := range nodes {
-		if !meshtest.Eventually(10*time.Second, func() bool { return meshtest.Sees(n, nodes, mesh.StateAlive) }) {
-			t.Fatalf("node %d sees %v; want all alive", i, n.Members())
-		}
-	}
-	for _, conn := range a.Host().Network().ConnsToPeer(b.ID()) {
-		if !proxy.wentThrough(conn) {
-			t.Fatalf("a reached b at %s; want every connection through the proxy", conn.RemoteMultiaddr())
-		}
-	}
+	c := fastMember(t, mesh.Pool{Secret: pool.Secret, Bootstrap: []peer.AddrInfo{{ID: b.ID(), Addrs: b.Addrs()}}}, "c")
+	a, proxy, _ := behindProxy(t, pool, b)
+	allAlive(t, []*mesh.Node{a, b, c})
+	throughProxy(t, a, b, proxy)
 	roundTrip := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
