@@ -422,7 +422,7 @@ func (d *Daemon) savePeers(log *slog.Logger, m meshNode, self peer.ID) {
 	if slices.Equal(addrs, d.savedPeers) {
 		return
 	}
-	if err := savePeers(d.cfg.Home, peers, d.cfg.Clock.Now()); err != nil {
+	if err := writePeers(d.cfg.Home, addrs, d.cfg.Clock.Now()); err != nil {
 		log.Warn("could not save peers", "err", err)
 		return
 	}

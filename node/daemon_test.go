@@ -232,7 +232,7 @@ func TestDaemonJoin(t *testing.T) {
 				if err := savePool(home, testPool(6)); err != nil {
 					t.Fatal(err)
 				}
-				if err := savePeers(home, []peer.AddrInfo{bootstrap}, newFakeClock().now); err != nil {
+				if err := writePeers(home, formatP2PAddrs([]peer.AddrInfo{bootstrap}), newFakeClock().now); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -143,8 +143,9 @@ func loadPeers(home string) ([]peer.AddrInfo, error) {
 	return infos, nil
 }
 
-func savePeers(home string, peers []peer.AddrInfo, now time.Time) error {
-	b, err := json.MarshalIndent(peersFile{SavedAt: now.UTC(), Peers: formatP2PAddrs(peers)}, "", "  ")
+// writePeers writes peers.json with addrs, as formatP2PAddrs gives them.
+func writePeers(home string, addrs []string, now time.Time) error {
+	b, err := json.MarshalIndent(peersFile{SavedAt: now.UTC(), Peers: addrs}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("node: encode peers: %w", err)
 	}

@@ -98,7 +98,7 @@ func TestPeersFileRoundTripAndForget(t *testing.T) {
 		{ID: testPeer(t, 1), Addrs: []multiaddr.Multiaddr{multiaddr.StringCast("/ip4/10.0.0.1/udp/4242/quic-v1")}},
 		{ID: testPeer(t, 2), Addrs: []multiaddr.Multiaddr{multiaddr.StringCast("/ip4/10.0.0.2/tcp/4242")}},
 	}
-	if err := savePeers(home, peers, time.Unix(0, 0)); err != nil {
+	if err := writePeers(home, formatP2PAddrs(peers), time.Unix(0, 0)); err != nil {
 		t.Fatal(err)
 	}
 	got, err := loadPeers(home)
