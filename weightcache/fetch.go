@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -619,6 +620,38 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 		ft.mu.Unlock()
 	}()
 
+	// Writes to the stream: requests from the reader, haves from the
+	// forwarder, a report of a bad chunk from the worker, each message
+	// whole. After the report our side is closed and writes are dropped.
+	var wmu sync.Mutex
+	reported := false // under wmu
+	var closedWrite atomic.Bool
+	write := func(b []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if reported {
+			return nil
+		}
+		_, err := s.Write(b)
+		return err
+	}
+	// report tells the server chunk i failed our check, so it can check
+	// its own copy, and closes our side: the server reads the report and
+	// ends the session, and the reader, draining, sees it end. A server
+	// that keeps the session open anyway is reset after reportGrace.
+	report := func(i int) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		reported = true
+		m := encodeClientMsg(opBad, uint32(i))
+		if _, err := s.Write(m[:]); err != nil || s.CloseWrite() != nil {
+			_ = s.Reset()
+			return
+		}
+		closedWrite.Store(true)
+		time.AfterFunc(reportGrace, func() { _ = s.Reset() })
+	}
+
 	// A worker verifies and stores each chunk while the reader takes the
 	// next one off the stream: recvBuffers buffers pass between them.
 	type recvd struct {
@@ -638,7 +671,11 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 				if err := ft.take(p, w.asked, w.i, w.data); err != nil {
 					failed = true
 					werr <- err
-					_ = s.Reset() // the reader stops at its next read
+					if errors.Is(err, errBadChunk) {
+						report(w.i)
+					} else {
+						_ = s.Reset() // the reader stops at its next read
+					}
 				}
 			}
 			bufs.give(w.buf)
@@ -655,15 +692,6 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 		}
 	}()
 
-	// Writes to the stream: requests from this goroutine, haves from the
-	// forwarder, each message whole.
-	var wmu sync.Mutex
-	write := func(b []byte) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		_, err := s.Write(b)
-		return err
-	}
 	// The forwarder tells the server every chunk this fetch gains, from
 	// any peer: a server holding the whole model hands out what no
 	// fetcher holds yet (super-seeding). It ends with the session.
@@ -735,6 +763,13 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 		return finished, nil
 	}
 	for {
+		if closedWrite.Load() {
+			// We reported a bad chunk (the worker's error is returned):
+			// read until the server ends the session.
+			_ = s.SetReadDeadline(time.Now().Add(reportGrace))
+			_, err := io.Copy(io.Discard, r)
+			return err
+		}
 		fin, err := fill()
 		if err != nil {
 			return err
@@ -819,17 +854,11 @@ func (ft *fetch) runPeer(ctx context.Context, p peer.ID) (err error) {
 // or, from a super-seeding server, another), and stores it: a bad chunk
 // bans p.
 func (ft *fetch) take(p peer.ID, asked, i int, data []byte) error {
-	if !ft.p.l.verifyChunk(i, data) {
-		ft.f.ban(ft.id, p)
-		ft.mu.Lock()
-		ft.pk.answered(p, asked, i, false)
-		ft.fetched += int64(len(data))
-		ft.wasted += int64(len(data))
-		ft.changedLocked()
-		ft.mu.Unlock()
-		return fmt.Errorf("%w: chunk %d", errBadChunk, i)
-	}
 	wrote, werr := ft.p.write(i, data)
+	bad := errors.Is(werr, errBadChunk)
+	if bad {
+		ft.f.ban(ft.id, p)
+	}
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
 	ft.fetched += int64(len(data))
@@ -844,14 +873,21 @@ func (ft *fetch) take(p peer.ID, asked, i int, data []byte) error {
 	}
 	ft.prog.FetchedBytes = ft.fetched
 	ft.prog.Elapsed = ft.f.cfg.Now().Sub(ft.start)
-	if ft.progress != nil {
+	if ft.progress != nil && !bad {
 		ft.progress(ft.prog)
 	}
-	if werr != nil {
+	switch {
+	case bad:
+		return fmt.Errorf("%w: chunk %d", werr, i)
+	case werr != nil:
 		return fmt.Errorf("%w: %w", errLocal, werr)
 	}
 	return nil
 }
+
+// reportGrace bounds how long a session lasts after the fetcher reported
+// a bad chunk: the server should end it on reading the report.
+const reportGrace = 2 * time.Second
 
 // recvBuffers is the most chunk buffers a peer session takes: one being
 // read off the stream, one being verified and written.

@@ -197,7 +197,11 @@ func (s *Store) originFile(ctx context.Context, req OriginRequest, f OriginFile,
 	if err != nil {
 		return File{}, diskErr(err)
 	}
-	defer out.Close()
+	var fl flusher
+	defer func() {
+		fl.wait()
+		out.Close()
+	}()
 	drop := func(err error) (File, error) {
 		_ = os.Remove(pp)
 		return File{}, err
@@ -275,6 +279,7 @@ func (s *Store) originFile(ctx context.Context, req OriginRequest, f OriginFile,
 				if _, err := out.Write(buf[:n]); err != nil {
 					return File{}, diskErr(err)
 				}
+				fl.wrote(out, n)
 				h.Write(buf[:n])
 				have += int64(n)
 				progress(int64(n))

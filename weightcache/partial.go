@@ -27,15 +27,16 @@ type partial struct {
 	id string
 	l  *layout
 
-	mu    sync.Mutex
-	cond  *sync.Cond
-	have  []bool // per chunk, verified and written
+	mu   sync.Mutex
+	cond *sync.Cond
+	// have marks the chunks held: each was verified as it was stored
+	// (in memory before a fetch wrote it, re-read on resume, hashed
+	// whole by an import), so read and view serve it without hashing it
+	// again. The fetcher checks every chunk anyway, and reports one that
+	// fails (see Server.checkReported): that is how a disk that rotted
+	// under a blob is found.
+	have  []bool
 	nhave int
-	// fresh marks the chunks this process verified itself while it held
-	// this partial (written after verification in memory, or re-read and
-	// verified on resume): read serves them without hashing them again.
-	// Chunks of complete blobs are not fresh: the disk under them may rot.
-	fresh []bool
 	// writing marks chunks a write is storing: a duplicate arriving
 	// meanwhile (end game, a substitute) is dropped, not written twice
 	// (its file may become a blob as soon as the first write is done).
@@ -64,11 +65,15 @@ type pfile struct {
 	h    hash.Hash
 	next int // first chunk (model index) not yet in h
 
-	// mm maps the file read-only once a session serves a fresh chunk of
-	// it (see view); mapped says the mapping was tried. Both under
+	// mm maps the file read-only once a session serves a chunk of it
+	// over a bulk connection (see view); mapped says the mapping was tried. Both under
 	// partial.mu; unmapped when the last reference is released.
 	mm     []byte
 	mapped bool
+
+	// fl flushes a partial file's writes in the background as they
+	// accumulate (see flushEvery).
+	fl flusher
 }
 
 // openPartial opens model id for writing. Chunks already held (complete
@@ -86,7 +91,6 @@ func (s *Store) openPartial(id string) (*partial, error) {
 	p := &partial{s: s, id: id, l: newLayout(m), subs: map[chan int]struct{}{}, refs: 1, peers: make(chan peer.ID, 16)}
 	p.cond = sync.NewCond(&p.mu)
 	p.have = make([]bool, len(p.l.chunks))
-	p.fresh = make([]bool, len(p.l.chunks))
 	p.writing = make([]bool, len(p.l.chunks))
 	s.active[id] = p
 	s.mu.Unlock()
@@ -149,7 +153,6 @@ func (p *partial) openFile(i int, f File) (*pfile, error) {
 			}
 			if p.l.verifyChunk(c, buf[:ch.n]) {
 				p.have[c] = true
-				p.fresh[c] = true
 				p.nhave++
 			}
 		}
@@ -242,12 +245,19 @@ func (p *partial) unsubscribe(ch chan int) {
 // It reports whether it wrote.
 func (p *partial) write(i int, data []byte) (wrote bool, err error) {
 	p.mu.Lock()
-	if p.have[i] || p.writing[i] {
-		p.mu.Unlock()
+	dup := p.have[i] || p.writing[i]
+	if !dup {
+		p.writing[i] = true
+	}
+	p.mu.Unlock()
+	if dup {
+		// Still checked: a peer sending a bad copy of a chunk held is a
+		// peer sending bad chunks.
+		if !p.l.verifyChunk(i, data) {
+			return false, errBadChunk
+		}
 		return false, nil
 	}
-	p.writing[i] = true
-	p.mu.Unlock()
 	defer func() {
 		if err != nil {
 			p.mu.Lock()
@@ -262,28 +272,31 @@ func (p *partial) write(i int, data []byte) (wrote bool, err error) {
 			return false, diskErr(err)
 		}
 	}
-	// The chunk next in its file's order goes into the file's SHA-256
-	// while it is written (on another core), and before it is marked
-	// held, so finish never reads it back.
+	// The bytes go to the file (on another core) while they are checked
+	// against the chunk's hash: they count only once both are done, and
+	// a bad chunk's bytes are left for the next copy to overwrite. The
+	// chunk next in its file's order then goes into the file's SHA-256
+	// before it is marked held, so finish never reads it back.
+	written := make(chan error, 1)
+	go func() {
+		_, err := pf.f.WriteAt(data, c.off)
+		written <- err
+	}()
+	good := p.l.verifyChunk(i, data)
 	pf.hmu.Lock()
-	var hashed chan struct{}
-	if pf.next == i {
-		hashed = make(chan struct{})
-		go func() {
-			pf.h.Write(data)
-			close(hashed)
-		}()
+	hashed := good && pf.next == i
+	if hashed {
+		pf.h.Write(data)
 	} else {
 		pf.hmu.Unlock()
 	}
-	_, err = pf.f.WriteAt(data, c.off)
-	if err == nil {
+	err = <-written
+	if err == nil && good {
 		var rec [4]byte
 		binary.LittleEndian.PutUint32(rec[:], uint32(i-p.l.first[c.file]))
 		_, err = pf.log.Write(rec[:])
 	}
-	if hashed != nil {
-		<-hashed
+	if hashed {
 		if err == nil {
 			pf.next++
 		} else {
@@ -297,13 +310,17 @@ func (p *partial) write(i int, data []byte) (wrote bool, err error) {
 	if err != nil {
 		return false, diskErr(err)
 	}
+	if !good {
+		err = errBadChunk
+		return false, err
+	}
+	pf.fl.wrote(pf.f, len(data))
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.have[i] {
 		return false, nil
 	}
 	p.have[i] = true
-	p.fresh[i] = true
 	p.nhave++
 	for ch := range p.subs {
 		select {
@@ -315,13 +332,9 @@ func (p *partial) write(i int, data []byte) (wrote bool, err error) {
 	return true, nil
 }
 
-// read returns chunk i into buf after checking it against its hash,
-// unless this process verified it itself (fresh).
+// read returns chunk i, held, read into buf.
 func (p *partial) read(i int, buf []byte) ([]byte, error) {
-	p.mu.Lock()
-	held, fresh := p.have[i], p.fresh != nil && p.fresh[i]
-	p.mu.Unlock()
-	if !held {
+	if !p.has(i) {
 		return nil, fmt.Errorf("%w: chunk %d not held", ErrIncomplete, i)
 	}
 	c := p.l.chunks[i]
@@ -329,22 +342,18 @@ func (p *partial) read(i int, buf []byte) ([]byte, error) {
 	if _, err := p.files[c.file].f.ReadAt(buf, c.off); err != nil && !(errors.Is(err, io.EOF) && c.n == 0) {
 		return nil, fmt.Errorf("weightcache: reading chunk %d: %w", i, err)
 	}
-	if !fresh && !p.l.verifyChunk(i, buf) {
-		return nil, fmt.Errorf("%w: stored chunk %d of %s", ErrHashMismatch, i, p.id)
-	}
 	return buf, nil
 }
 
-// view returns fresh chunk i (see fresh) as a slice of its file's
-// read-only mapping, so it is sent without being copied out of the page
-// cache first. It returns nil when the chunk is not fresh or the file
-// cannot be mapped: the caller reads and verifies it with read. The slice
-// is valid until the caller's reference is released; read it through
-// readMapped.
+// view returns held chunk i as a slice of its file's read-only mapping,
+// so it is sent without being copied out of the page cache first. It
+// returns nil when the chunk is not held or the file cannot be mapped:
+// the caller reads it with read. The slice is valid until the caller's
+// reference is released; read it through readMapped.
 func (p *partial) view(i int) []byte {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.fresh == nil || !p.fresh[i] || !p.have[i] {
+	if !p.have[i] {
 		return nil
 	}
 	c := p.l.chunks[i]
@@ -353,6 +362,21 @@ func (p *partial) view(i int) []byte {
 		return nil
 	}
 	return mm[c.off : c.off+int64(c.n)]
+}
+
+// damaged handles chunk i found not to match its hash on disk: its blob,
+// if the file is one, is dropped from the store (see dropBlob), and a
+// download of the model in progress fails with err (the next one
+// re-verifies what is on disk).
+func (p *partial) damaged(i int, err error) {
+	fi := p.l.chunks[i].file
+	p.mu.Lock()
+	blob := p.files[fi].done
+	p.mu.Unlock()
+	if blob {
+		p.s.dropBlob(p.l.m.Files[fi].SHA256)
+	}
+	p.abort(err)
 }
 
 // mapping is file fi's read-only shared mapping, made on first use, or
@@ -497,7 +521,7 @@ func (p *partial) dropFile(fi int) {
 	_ = os.Remove(pp)
 	p.mu.Lock()
 	for c := p.l.first[fi]; c < p.l.first[fi+1]; c++ {
-		p.fresh[c], p.writing[c] = false, false
+		p.writing[c] = false
 		if p.have[c] {
 			p.have[c] = false
 			p.nhave--
@@ -550,6 +574,7 @@ func (p *partial) release() {
 		return
 	}
 	for _, pf := range p.files {
+		pf.fl.wait()
 		if pf.mm != nil {
 			_ = unmapFile(pf.mm)
 			pf.mm = nil

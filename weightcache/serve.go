@@ -26,8 +26,10 @@ type Registrar interface {
 const helloTimeout = 10 * time.Second
 
 // Server serves a store's models (complete ones, and the verified chunks
-// of ones still downloading) to other members over Protocol. Every chunk
-// is re-checked against its hash before it is sent.
+// of ones still downloading) to other members over Protocol. Chunks were
+// verified when they were stored and are sent without hashing them again:
+// the fetcher checks each one, and a chunk it reports bad is checked here
+// (see checkReported).
 type Server struct {
 	store *Store
 	reg   Registrar
@@ -116,9 +118,9 @@ func (srv *Server) session(s conn) error {
 
 // serveChunks reads the fetcher's have-map, then answers chunk requests
 // in order and forwards new haves. A loader goroutine, owned here and
-// waited for, decodes the fetcher's messages and reads and verifies each
-// chunk while the one before it is being sent (two buffers between them),
-// so disk, hashing and the network overlap. A model held whole is served
+// waited for, decodes the fetcher's messages and reads each chunk while
+// the one before it is being sent (two buffers between them), so disk and
+// the network overlap. A model held whole is served
 // super-seeding (see seeding): the loader may load another chunk than the
 // one asked for.
 func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
@@ -154,8 +156,8 @@ func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
 		hint     peer.ID // no chunk: ask this fetcher for it
 		err      error
 	}
-	// Over a bulk connection, chunks this process verified itself are
-	// sent straight from the file's mapping (TLS encrypts in this
+	// Over a bulk connection, chunks are sent straight from the file's
+	// mapping (TLS encrypts in this
 	// goroutine, and a fault reading the mapping becomes an error there);
 	// a libp2p stream may read the payload on another goroutine, so its
 	// chunks always go through a buffer.
@@ -179,10 +181,13 @@ func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
 			if err != nil {
 				return err
 			}
-			srv.noteMsg(sd, ss, m)
-			if m.typ == opRequest {
+			switch m.typ {
+			case opBad:
+				return srv.checkReported(p, s.RemotePeer(), m.i)
+			case opRequest:
 				queue = append(queue, m.i)
 			}
+			srv.noteMsg(sd, ss, m)
 			return nil
 		}
 		for {
@@ -250,10 +255,7 @@ func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
 				return rerr
 			}
 			if ld.err != nil {
-				// Not held (a confused peer) or failed its hash on disk: refuse.
-				if errors.Is(ld.err, ErrHashMismatch) {
-					srv.log.Warn("stored chunk failed verification", "id", id, "chunk", ld.i)
-				}
+				// Not held (a confused peer) or unreadable: refuse.
 				bufs.give(ld.buf)
 				_ = writeError(s, codeBad, ld.err.Error())
 				return ld.err
@@ -289,6 +291,27 @@ func (srv *Server) serveChunks(s conn, r *bufio.Reader, id string) error {
 			}
 		}
 	}
+}
+
+// checkReported checks chunk i of p on disk after the fetcher who reported
+// it bad. A chunk that fails there is damage to this store (see damaged);
+// one that passes means the fetcher is wrong or lying. Either way the
+// session ends: the report is the fetcher's last message.
+func (srv *Server) checkReported(p *partial, who peer.ID, i int) error {
+	if !p.has(i) {
+		return fmt.Errorf("%w: chunk %d reported bad; it was not sent", ErrProtocol, i)
+	}
+	data, err := p.read(i, make([]byte, p.l.chunks[i].n))
+	if err == nil && p.l.verifyChunk(i, data) {
+		srv.log.Warn("a member reported a chunk bad that verifies here", "peer", who, "id", p.id, "chunk", i)
+		return fmt.Errorf("%w: chunk %d reported bad; it verifies", ErrProtocol, i)
+	}
+	if err == nil {
+		err = fmt.Errorf("%w: stored chunk %d of %s", ErrHashMismatch, i, p.id)
+	}
+	srv.log.Error("a stored chunk a member reported bad fails verification here; the model is marked partial, to be fetched again", "peer", who, "id", p.id, "chunk", i, "err", err)
+	p.damaged(i, err)
+	return err
 }
 
 // readHaveMap reads a fetcher's have-map message ('B', then (n+7)/8 bytes).
@@ -359,7 +382,7 @@ func (srv *Server) pick(sd *seeding, ss *seedSession, asked int) (int, peer.ID) 
 }
 
 // serveBuffers is the most chunk buffers a session takes: one being sent,
-// one being read and verified.
+// one being read.
 const serveBuffers = 2
 
 // writeFrameMapped is writeFrame for a payload in a file mapping (see

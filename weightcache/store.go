@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -609,8 +610,8 @@ func (s *Store) Evict() error {
 }
 
 // Verify re-hashes every file of a complete model against its manifest.
-// A model that fails is marked partial (and its bad blob removed) so it
-// is fetched again rather than served.
+// A file that fails has its blob dropped (see dropBlob), so the model is
+// fetched again rather than served.
 func (s *Store) Verify(ref string) error {
 	id, err := s.Resolve(ref)
 	if err != nil {
@@ -626,18 +627,43 @@ func (s *Store) Verify(ref string) error {
 			err = fmt.Errorf("%w: %s", ErrHashMismatch, f.Path)
 		}
 		if err != nil {
-			s.mu.Lock()
-			if ms := s.st.Models[id]; ms != nil {
-				ms.Complete = false
-			}
-			_ = removeTree(s.modelDir(id))
-			_ = os.Remove(s.blobPath(f.SHA256))
-			_ = s.saveLocked()
-			s.mu.Unlock()
+			s.dropBlob(f.SHA256)
 			return fmt.Errorf("weightcache: verifying %s: %w", f.Path, err)
 		}
 	}
 	return nil
+}
+
+// dropBlob removes blob sha, found not to match its hash, and marks every
+// complete model with a file of that hash partial (its directory goes
+// too): those models are fetched again rather than served.
+func (s *Store) dropBlob(sha string) {
+	s.mu.Lock()
+	var ids []string
+	for id, ms := range s.st.Models {
+		if ms.Complete {
+			ids = append(ids, id)
+		}
+	}
+	s.mu.Unlock()
+	var hit []string
+	for _, id := range ids {
+		if m, err := s.loadManifest(id); err == nil && slices.ContainsFunc(m.Files, func(f File) bool { return f.SHA256 == sha }) {
+			hit = append(hit, id)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range hit {
+		if ms := s.st.Models[id]; ms != nil {
+			ms.Complete = false
+		}
+		_ = removeTree(s.modelDir(id))
+	}
+	_ = os.Remove(s.blobPath(sha))
+	if err := s.saveLocked(); err != nil {
+		s.log.Warn("could not record models made partial by a damaged blob", "blob", sha, "err", err)
+	}
 }
 
 // diskErr marks running out of space with ErrDiskFull.

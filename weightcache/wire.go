@@ -23,7 +23,11 @@ import (
 // first = chunk i); the server answers 'B' with its have-map (or 'E').
 // Then the fetcher sends 5-byte messages (a type byte, a chunk index
 // uint32 big-endian): 'R' requests a chunk, as many in flight as it likes;
-// 'H' says the fetcher now holds a chunk. The server answers requests in
+// 'H' says the fetcher now holds a chunk; 'F' says the chunk the server
+// sent as that index failed the fetcher's check, and is the fetcher's last
+// message (it closes its side after it). The server checks its own copy of
+// a chunk reported so and ends the session (one that does not know 'F'
+// ends it too, on a message it cannot read). The server answers requests in
 // order, each with 'D' (the chunk asked for), 'S' (another chunk in its
 // place, one the fetcher lacks and no other fetcher holds or was sent:
 // super-seeding) or 'P' (no chunk, but the peer ID of another fetcher that
@@ -50,6 +54,7 @@ const (
 	opRequest  = 'R'
 	opHave     = 'H'
 	opHaveMap  = 'B'
+	opBad      = 'F'
 
 	frManifest = 'K'
 	frHaveMap  = 'B'
@@ -111,7 +116,7 @@ func decodeHello(b []byte) (hello, error) {
 }
 
 // clientMsg is one 5-byte message from fetcher to server: a request
-// ('R') or a have ('H') for chunk i.
+// ('R'), a have ('H') or a report of a bad chunk ('F') for chunk i.
 type clientMsg struct {
 	typ byte
 	i   int
@@ -128,7 +133,7 @@ func encodeChunkRequest(i uint32) [requestLen]byte { return encodeClientMsg(opRe
 
 // decodeClientMsg decodes one fetcher message for a model of n chunks.
 func decodeClientMsg(b []byte, n int) (clientMsg, error) {
-	if len(b) != requestLen || b[0] != opRequest && b[0] != opHave {
+	if len(b) != requestLen || b[0] != opRequest && b[0] != opHave && b[0] != opBad {
 		return clientMsg{}, fmt.Errorf("%w: bad fetcher message", ErrProtocol)
 	}
 	i := binary.BigEndian.Uint32(b[1:])

@@ -12,6 +12,8 @@ func FuzzDecodeClientMsg(f *testing.F) {
 	f.Add(rq[:], 10)
 	hv := encodeClientMsg(opHave, 9)
 	f.Add(hv[:], 10)
+	bad := encodeClientMsg(opBad, 0)
+	f.Add(bad[:], 1)
 	f.Add([]byte{'R', 0xff, 0xff, 0xff, 0xff}, 1<<20)
 	f.Add([]byte{'X'}, 0)
 	f.Fuzz(func(t *testing.T, b []byte, n int) {
