@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"net/http"
 )
 
 // Sentinel errors of package node. Callers test them with errors.Is; the
@@ -62,6 +63,10 @@ type APIError struct {
 }
 
 func (e *APIError) Error() string {
+	if e.StatusCode == http.StatusOK {
+		// Failed after the answer began (a streamed pull or verify).
+		return "node: " + e.Message
+	}
 	return fmt.Sprintf("node: daemon answered %d: %s", e.StatusCode, e.Message)
 }
 

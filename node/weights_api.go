@@ -134,6 +134,7 @@ func (w *weights) register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/weights/add", w.add)
 	mux.HandleFunc("POST /v1/weights/fetch", w.fetchOrigin)
 	mux.HandleFunc("POST /v1/weights/pull", w.pull)
+	mux.HandleFunc("POST /v1/weights/verify", w.verify)
 	mux.HandleFunc("POST /v1/weights/remove", w.refOp(w.store.Remove))
 	mux.HandleFunc("POST /v1/weights/pin", w.refOp(w.store.Pin))
 	mux.HandleFunc("POST /v1/weights/unpin", w.refOp(w.store.Unpin))
@@ -321,6 +322,37 @@ func (w *weights) pull(rw http.ResponseWriter, r *http.Request) {
 		res.Banned = append(res.Banned, p.String())
 	}
 	ev.done(res)
+}
+
+func (w *weights) verify(rw http.ResponseWriter, r *http.Request) {
+	var req WeightsRefRequest
+	if err := decodeWeightsBody(r.Body, &req); err != nil {
+		writeError(rw, http.StatusBadRequest, "%v", err)
+		return
+	}
+	id, err := w.store.Resolve(req.Ref)
+	if err == nil {
+		var info weightcache.Info
+		if info, err = w.store.Stat(id); err == nil && info.State != weightcache.StateComplete {
+			err = fmt.Errorf("%w: %s", weightcache.ErrIncomplete, id)
+		}
+	}
+	if err != nil {
+		writeWeightsError(rw, err, req.Ref)
+		return
+	}
+	ev := startEvents(rw)
+	start := time.Now()
+	if err := w.store.Verify(r.Context(), id, ev.progress); err != nil {
+		if info, serr := w.store.Stat(id); serr == nil && info.State != weightcache.StateComplete {
+			w.log.Error("a model failed verification on disk; it is partial now", "id", id, "err", err)
+			w.changed()
+			err = fmt.Errorf("%w; the model is partial now, and 'shoal weights pull %s' fetches what it lacks", err, req.Ref)
+		}
+		ev.fail(fmt.Errorf("verify %s: %w", id, err))
+		return
+	}
+	ev.done(w.result(id, start))
 }
 
 // resolvePool maps ref to a model ID: an ID as it is, else a name this

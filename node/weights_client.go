@@ -39,6 +39,13 @@ func (c *Client) WeightsPull(ctx context.Context, ref string, progress func(Weig
 	return c.stream(ctx, "/v1/weights/pull", WeightsRefRequest{Ref: ref}, progress)
 }
 
+// WeightsVerify re-hashes a complete model on the daemon's disk, calling
+// progress about every 100 ms. A model that fails is left partial (its bad
+// file dropped) and the error says so.
+func (c *Client) WeightsVerify(ctx context.Context, ref string, progress func(WeightsProgress)) (*WeightsResult, error) {
+	return c.stream(ctx, "/v1/weights/verify", WeightsRefRequest{Ref: ref}, progress)
+}
+
 // WeightsRemove, WeightsPin and WeightsUnpin act on a model this node
 // holds and describe it afterwards.
 func (c *Client) WeightsRemove(ctx context.Context, ref string) (WeightsModel, error) {

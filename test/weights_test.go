@@ -335,6 +335,53 @@ func TestWeightsEvictionSparesPinned(t *testing.T) {
 	}
 }
 
+// `shoal weights verify` passes a model as imported, and after one byte of
+// one of its files rots on disk it fails, naming the file, and leaves the
+// model partial (no longer complete, no directory to mount).
+func TestWeightsVerifyFindsRot(t *testing.T) {
+	n := Up(t, NewHome(t))
+	src := GenModel(t, 13, 3<<20, 1<<20)
+	id := n.Shoal("weights", "add", src, "--name", "v")
+	if got := n.Shoal("weights", "verify", "v"); got != id {
+		t.Fatalf("weights verify printed %q; want the ID %s alone", got, id)
+	}
+	var res PullResult
+	n.JSON(&res, "weights", "verify", id)
+	if res.ID != id || res.State != "complete" {
+		t.Fatalf("weights verify -o json: %+v; want %s complete", res, id)
+	}
+	var name, sum string
+	for f, h := range TreeHashes(t, src) {
+		if strings.HasSuffix(f, ".safetensors") {
+			name, sum = f, h
+			break
+		}
+	}
+	blob := filepath.Join(n.Home, "weights", "blobs", sum)
+	if err := os.Chmod(blob, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(blob, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0x5a, 0xa5}, 1000); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, stderr, err := Run(t, "--home", n.Home, "weights", "verify", "v")
+	var ee *exec.ExitError
+	if !asExit(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr, name) || !strings.Contains(stderr, "partial now") {
+		t.Fatalf("weights verify of a rotted model: err %v, stderr %q; want exit 1 naming %s and saying the model is partial now", err, stderr, name)
+	}
+	if m, ok := ModelByID(n.Models(), id); !ok || m.State != "partial" {
+		t.Fatalf("rotted model in ls: %+v (listed %v); want partial", m, ok)
+	}
+	if _, _, err := Run(t, "--home", n.Home, "weights", "path", "v"); err == nil {
+		t.Fatalf("weights path of a rotted model succeeded")
+	}
+}
+
 // StartLiar starts test/liar in the pool of token serving src corrupted,
 // and returns its peer ID and the model ID it serves (which must be id).
 func StartLiar(tb testing.TB, token, src, id string) (peerID, modelID string) {

@@ -220,19 +220,32 @@ func (s *Store) importFile(ctx context.Context, abs, rel string) (File, error) {
 	return f, nil
 }
 
-// hashFile returns the SHA-256 hex and size of a file.
-func hashFile(p string) (string, int64, error) {
+// hashFile returns the SHA-256 hex and size of a file, telling count the
+// bytes of each read; cancelling ctx stops it.
+func hashFile(ctx context.Context, p string, count func(n int)) (string, int64, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", 0, err
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.CopyBuffer(h, f, make([]byte, 1<<20))
-	if err != nil {
-		return "", 0, err
+	buf := make([]byte, 1<<20)
+	var total int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return "", total, err
+		}
+		n, err := f.Read(buf)
+		h.Write(buf[:n])
+		total += int64(n)
+		count(n)
+		if err == io.EOF {
+			return hex.EncodeToString(h.Sum(nil)), total, nil
+		}
+		if err != nil {
+			return "", total, err
+		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 // writeFileAtomic writes b to p through a temporary file in tmpDir.

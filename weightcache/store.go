@@ -1,6 +1,7 @@
 package weightcache
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -609,26 +610,50 @@ func (s *Store) Evict() error {
 	return s.makeRoomLocked(0, "")
 }
 
-// Verify re-hashes every file of a complete model against its manifest.
-// A file that fails has its blob dropped (see dropBlob), so the model is
-// fetched again rather than served.
-func (s *Store) Verify(ref string) error {
+// Verify re-hashes every file of a complete model against its manifest,
+// calling progress (when not nil) as it goes. A file that fails has its
+// blob dropped (see dropBlob), so the model is fetched again rather than
+// served, and Verify returns ErrHashMismatch naming it. Cancelling ctx
+// stops it and changes nothing.
+func (s *Store) Verify(ctx context.Context, ref string, progress func(Progress)) error {
 	id, err := s.Resolve(ref)
 	if err != nil {
 		return err
+	}
+	if info, err := s.Stat(id); err != nil {
+		return err
+	} else if info.State != StateComplete {
+		return fmt.Errorf("%w: %s", ErrIncomplete, id)
 	}
 	m, err := s.loadManifest(id)
 	if err != nil {
 		return err
 	}
+	start := time.Now()
+	prog := Progress{ID: id, TotalBytes: m.Size()}
+	count := func(n int) {
+		prog.DoneBytes += int64(n)
+		if progress != nil {
+			prog.Elapsed = time.Since(start)
+			progress(prog)
+		}
+	}
 	for _, f := range m.Files {
-		sum, n, err := hashFile(s.blobPath(f.SHA256))
-		if err == nil && (sum != f.SHA256 || n != f.Size) {
-			err = fmt.Errorf("%w: %s", ErrHashMismatch, f.Path)
+		sum, n, err := hashFile(ctx, s.blobPath(f.SHA256), count)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		switch {
+		case err != nil:
+			err = fmt.Errorf("weightcache: verifying %s: %w", f.Path, err)
+		case n != f.Size:
+			err = fmt.Errorf("%w: %s: %d bytes on disk, manifest says %d", ErrSizeMismatch, f.Path, n, f.Size)
+		case sum != f.SHA256:
+			err = fmt.Errorf("%w: %s: sha256 on disk %s, manifest says %s", ErrHashMismatch, f.Path, sum, f.SHA256)
 		}
 		if err != nil {
 			s.dropBlob(f.SHA256)
-			return fmt.Errorf("weightcache: verifying %s: %w", f.Path, err)
+			return err
 		}
 	}
 	return nil

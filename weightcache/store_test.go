@@ -145,7 +145,7 @@ func TestAddKeepsLayoutAndMaterialises(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, ".git")); err == nil {
 		t.Error(".git was imported")
 	}
-	if err := s.Verify(id); err != nil {
+	if err := s.Verify(context.Background(), id, nil); err != nil {
 		t.Fatalf("Verify = %v", err)
 	}
 	// Reopen: state persists.
@@ -305,7 +305,7 @@ func TestSharedBlobSurvivesRemove(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(dir, "tokenizer.json")); !bytes.Equal(got, shared) {
 		t.Fatal("shared file lost when the other model was removed")
 	}
-	if err := s.Verify(b); err != nil {
+	if err := s.Verify(context.Background(), b, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -322,7 +322,7 @@ func TestVerifyCatchesCorruptionOnDisk(t *testing.T) {
 	}
 	_, _ = f.WriteAt([]byte{0xff, 0xfe}, 100)
 	f.Close()
-	if err := s.Verify(id); !errors.Is(err, ErrHashMismatch) {
+	if err := s.Verify(context.Background(), id, nil); !errors.Is(err, ErrHashMismatch) {
 		t.Fatalf("Verify = %v; want ErrHashMismatch", err)
 	}
 	if info, _ := s.Stat(id); info.State != StatePartial {

@@ -82,7 +82,7 @@ func checkModel(t *testing.T, s *Store, id string, data []byte) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("fetched model differs (%d bytes, %v)", len(got), err)
 	}
-	if err := s.Verify(id); err != nil {
+	if err := s.Verify(context.Background(), id, nil); err != nil {
 		t.Fatal(err)
 	}
 }

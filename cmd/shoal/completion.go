@@ -56,6 +56,7 @@ func (a *app) addCompletions(root *cobra.Command) {
 		"rm":             a.completeDeployments,
 		"weights pull":   a.completeModels,
 		"weights path":   a.completeModels,
+		"weights verify": a.completeModels,
 		"weights pin":    a.completeModels,
 		"weights unpin":  a.completeModels,
 		"weights rm":     a.completeModels,

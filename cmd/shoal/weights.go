@@ -36,11 +36,12 @@ The daemon's cache is limited by 'shoal up|join --cache-size' (default
 		Example: `  shoal weights add ./Qwen2.5-0.5B --name qwen-0.5b
   shoal weights ls
   shoal weights pull qwen-0.5b            # on another member
-  shoal weights path qwen-0.5b            # the read-only model directory`,
+  shoal weights path qwen-0.5b            # the read-only model directory
+  shoal weights verify qwen-0.5b          # re-hash it on disk`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(a.weightsAddCmd(), a.weightsLsCmd(), a.weightsPullCmd(), a.weightsPathCmd(),
+	cmd.AddCommand(a.weightsAddCmd(), a.weightsLsCmd(), a.weightsPullCmd(), a.weightsPathCmd(), a.weightsVerifyCmd(),
 		a.weightsRefCmd("rm", "Remove a model from this node's cache", "removed", (*node.Client).WeightsRemove),
 		a.weightsRefCmd("pin", "Keep a model from eviction and removal (pins count)", "pinned", (*node.Client).WeightsPin),
 		a.weightsRefCmd("unpin", "Release one pin of a model", "unpinned", (*node.Client).WeightsUnpin))
@@ -222,12 +223,48 @@ wasted_bytes, peers, banned (peers that sent bad chunks), elapsed_s.`,
 				return err
 			}
 			bar := a.newProgress("pull")
+			bar.peers = true
 			res, err := c.WeightsPull(cmd.Context(), args[0], bar.update)
 			bar.end()
 			if err != nil {
 				return err
 			}
 			return a.printWeightsResult(res, "pulled")
+		},
+	}
+}
+
+func (a *app) weightsVerifyCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify ID|NAME",
+		Short: "Re-hash a complete model's files on this node's disk",
+		Long: `Read every file of a complete model back from this node's cache and check it
+against the model's manifest (the SHA-256 of each whole file). A chunk is
+verified when it is stored, and members check every chunk they fetch from
+this node, reporting a bad one so this node finds the damage; verify looks for
+it now, in the whole model.
+
+A file that fails is dropped: the model, and any other model sharing that
+file, becomes partial and is no longer announced or served whole. 'shoal
+weights pull' fetches the missing file again. Exits non-zero when the model
+fails. Progress goes to stderr: a bar on a terminal, plain lines otherwise.
+
+Prints the model's ID (alone when stdout is not a terminal); -o json prints
+the result: id, name, size_bytes, state, elapsed_s.`,
+		Example: `  shoal weights verify qwen-0.5b`,
+		Args:    exactArgs(1, "one model ID or NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			bar := a.newProgress("verify")
+			res, err := c.WeightsVerify(cmd.Context(), args[0], bar.update)
+			bar.end()
+			if err != nil {
+				return err
+			}
+			return a.printWeightsResult(res, "verified")
 		},
 	}
 }
@@ -322,6 +359,7 @@ type progress struct {
 	w        io.Writer
 	what     string
 	tty      bool
+	peers    bool // the work has sources: show how many
 	drawn    bool
 	step     int64
 	lastLine time.Time
@@ -339,8 +377,11 @@ func (p *progress) update(ev node.WeightsProgress) {
 	if ev.TotalBytes > 0 {
 		pct = ev.DoneBytes * 100 / ev.TotalBytes
 	}
-	line := fmt.Sprintf("%3d%%  %s/%s  %s/s  %d peers  ETA %s", pct, bytesHuman(ev.DoneBytes), bytesHuman(ev.TotalBytes),
-		bytesHuman(int64(ev.RateBPS)), ev.Peers, eta(ev.ETASec))
+	line := fmt.Sprintf("%3d%%  %s/%s  %s/s  ", pct, bytesHuman(ev.DoneBytes), bytesHuman(ev.TotalBytes), bytesHuman(int64(ev.RateBPS)))
+	if p.peers {
+		line += fmt.Sprintf("%d peers  ", ev.Peers)
+	}
+	line += "ETA " + eta(ev.ETASec)
 	if p.tty {
 		const width = 30
 		n := int(pct * width / 100)
