@@ -156,3 +156,45 @@ func rot(t *testing.T, p string, off int64) {
 		t.Fatal(err)
 	}
 }
+
+// A blob dropped as damaged fails a download in progress that shares it
+// with the damaged model, instead of letting that download complete
+// without the file.
+func TestDroppedBlobFailsDownloadSharingIt(t *testing.T) {
+	ctx := context.Background()
+	shared := randBytes(21, 2*minChunkSize)
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "model.safetensors"), shared)
+	s := newStore(t, 0)
+	a, err := s.Add(ctx, dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Model b has the same file and one more; only its manifest is here.
+	writeFile(t, filepath.Join(dir, "extra.bin"), randBytes(22, minChunkSize))
+	other := newStore(t, 0)
+	b, err := other.Add(ctx, dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := other.ManifestBytes(b)
+	if _, err := s.AddManifest(b, mb); err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.openPartial(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	sum := sha256.Sum256(shared)
+	s.dropBlob(hex.EncodeToString(sum[:]))
+	// Unaborted, finish would wait for extra.bin's chunks.
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := p.finish(fctx); !errors.Is(err, ErrHashMismatch) {
+		t.Fatalf("download sharing a dropped blob: finish = %v; want ErrHashMismatch", err)
+	}
+	if info, _ := s.Stat(a); info.State != StatePartial {
+		t.Fatalf("model with the dropped blob is %s; want partial", info.State)
+	}
+}

@@ -661,8 +661,13 @@ func (s *Store) Verify(ctx context.Context, ref string, progress func(Progress))
 
 // dropBlob removes blob sha, found not to match its hash, and marks every
 // complete model with a file of that hash partial (its directory goes
-// too): those models are fetched again rather than served.
+// too): those models are fetched again rather than served. A download in
+// progress that counted on the blob fails, so it does not complete
+// without it (the next one fetches the file).
 func (s *Store) dropBlob(sha string) {
+	uses := func(m *Manifest) bool {
+		return slices.ContainsFunc(m.Files, func(f File) bool { return f.SHA256 == sha })
+	}
 	s.mu.Lock()
 	var ids []string
 	for id, ms := range s.st.Models {
@@ -670,10 +675,19 @@ func (s *Store) dropBlob(sha string) {
 			ids = append(ids, id)
 		}
 	}
+	var downloads []*partial
+	for _, p := range s.active {
+		if uses(p.l.m) {
+			downloads = append(downloads, p)
+		}
+	}
 	s.mu.Unlock()
+	for _, p := range downloads {
+		p.abort(fmt.Errorf("%w: blob %s, which this download shares with another model, failed verification", ErrHashMismatch, sha))
+	}
 	var hit []string
 	for _, id := range ids {
-		if m, err := s.loadManifest(id); err == nil && slices.ContainsFunc(m.Files, func(f File) bool { return f.SHA256 == sha }) {
+		if m, err := s.loadManifest(id); err == nil && uses(m) {
 			hit = append(hit, id)
 		}
 	}
