@@ -37,9 +37,10 @@ type partial struct {
 	// under a blob is found.
 	have  []bool
 	nhave int
-	// writing marks chunks a write is storing: a duplicate arriving
-	// meanwhile (end game, a substitute) is dropped, not written twice
-	// (its file may become a blob as soon as the first write is done).
+	// writing marks chunks a write is storing: another copy arriving
+	// meanwhile (end game, a substitute) waits for its outcome, and is
+	// dropped if it was stored (not written twice: the file may become a
+	// blob as soon as the first write is done) or stored if it failed.
 	writing []bool
 	files   []*pfile
 	subs    map[chan int]struct{}
@@ -240,12 +241,18 @@ func (p *partial) unsubscribe(ch chan int) {
 	p.mu.Unlock()
 }
 
-// write stores chunk i, which the caller has verified. A chunk already
-// held, or being written, is ignored (end-game duplicates, substitutes).
-// It reports whether it wrote.
+// write verifies chunk i and stores it; a chunk that fails its hash
+// gives errBadChunk. A chunk already held is not written again (end-game
+// duplicates, substitutes). It reports whether it wrote.
 func (p *partial) write(i int, data []byte) (wrote bool, err error) {
 	p.mu.Lock()
-	dup := p.have[i] || p.writing[i]
+	// Another copy of the chunk being stored decides first: if it turns
+	// out bad, this one is stored instead. Taken as a duplicate at once,
+	// a good copy would be dropped and the chunk never asked for again.
+	for p.writing[i] && !p.have[i] {
+		p.cond.Wait()
+	}
+	dup := p.have[i]
 	if !dup {
 		p.writing[i] = true
 	}
@@ -262,6 +269,7 @@ func (p *partial) write(i int, data []byte) (wrote bool, err error) {
 		if err != nil {
 			p.mu.Lock()
 			p.writing[i] = false
+			p.cond.Broadcast() // a copy waiting in write goes ahead
 			p.mu.Unlock()
 		}
 	}()
@@ -527,6 +535,7 @@ func (p *partial) dropFile(fi int) {
 			p.nhave--
 		}
 	}
+	p.cond.Broadcast()
 	p.mu.Unlock()
 }
 

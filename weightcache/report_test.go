@@ -198,3 +198,62 @@ func TestDroppedBlobFailsDownloadSharingIt(t *testing.T) {
 		t.Fatalf("model with the dropped blob is %s; want partial", info.State)
 	}
 }
+
+// A good copy of a chunk that arrives while a bad copy of it is being
+// stored waits for the bad one's outcome and is stored: taken as a
+// duplicate, it would be dropped and the chunk never asked for again.
+func TestGoodCopyStoredAfterBadCopyInProgress(t *testing.T) {
+	src := newStore(t, 0)
+	data := randBytes(31, 3*minChunkSize)
+	id := addBytes(t, src, data)
+	dst := newStore(t, 0)
+	mb, _ := src.ManifestBytes(id)
+	if _, err := dst.AddManifest(id, mb); err != nil {
+		t.Fatal(err)
+	}
+	p, err := dst.openPartial(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	good := data[minChunkSize : 2*minChunkSize]
+	bad := slices.Clone(good)
+	bad[100] ^= 1
+	entered, release := make(chan struct{}), make(chan struct{})
+	first := true
+	dst.SetWriteHook(func(int) error {
+		if first { // only the bad copy's write gets here first
+			first = false
+			close(entered)
+			<-release
+		}
+		return nil
+	})
+	badErr := make(chan error, 1)
+	go func() {
+		_, err := p.write(1, bad)
+		badErr <- err
+	}()
+	<-entered
+	type result struct {
+		wrote bool
+		err   error
+	}
+	goodRes := make(chan result, 1)
+	go func() {
+		w, err := p.write(1, good)
+		goodRes <- result{w, err}
+	}()
+	select {
+	case r := <-goodRes:
+		t.Fatalf("good copy returned %+v while the bad copy was still being stored; want it to wait", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-badErr; !errors.Is(err, errBadChunk) {
+		t.Fatalf("bad copy: %v; want errBadChunk", err)
+	}
+	if r := <-goodRes; r.err != nil || !r.wrote || !p.has(1) {
+		t.Fatalf("good copy after the bad one failed: %+v, held %v; want it written and held", r, p.has(1))
+	}
+}
