@@ -56,16 +56,7 @@ func TestViewServesHeldChunks(t *testing.T) {
 	}
 	r.release()
 
-	dst := newStore(t, 0)
-	mb, _ := src.ManifestBytes(id)
-	if _, err := dst.AddManifest(id, mb); err != nil {
-		t.Fatal(err)
-	}
-	p, err := dst.openPartial(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.close()
+	p := startDownload(t, src, newStore(t, 0), id)
 	chunk := data[minChunkSize : 2*minChunkSize]
 	if v := p.view(1); v != nil {
 		t.Fatal("a chunk not held came from the mapping")

@@ -177,15 +177,7 @@ func TestDroppedBlobFailsDownloadSharingIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mb, _ := other.ManifestBytes(b)
-	if _, err := s.AddManifest(b, mb); err != nil {
-		t.Fatal(err)
-	}
-	p, err := s.openPartial(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.close()
+	p := startDownload(t, other, s, b)
 	sum := sha256.Sum256(shared)
 	s.dropBlob(hex.EncodeToString(sum[:]))
 	// Unaborted, finish would wait for extra.bin's chunks.
@@ -207,15 +199,7 @@ func TestGoodCopyStoredAfterBadCopyInProgress(t *testing.T) {
 	data := randBytes(31, 3*minChunkSize)
 	id := addBytes(t, src, data)
 	dst := newStore(t, 0)
-	mb, _ := src.ManifestBytes(id)
-	if _, err := dst.AddManifest(id, mb); err != nil {
-		t.Fatal(err)
-	}
-	p, err := dst.openPartial(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.close()
+	p := startDownload(t, src, dst, id)
 	good := data[minChunkSize : 2*minChunkSize]
 	bad := slices.Clone(good)
 	bad[100] ^= 1
@@ -256,4 +240,24 @@ func TestGoodCopyStoredAfterBadCopyInProgress(t *testing.T) {
 	if r := <-goodRes; r.err != nil || !r.wrote || !p.has(1) {
 		t.Fatalf("good copy after the bad one failed: %+v, held %v; want it written and held", r, p.has(1))
 	}
+}
+
+// startDownload gives dst the manifest of model id from src and opens the
+// model for writing there, as a fetch does; the partial closes with the
+// test.
+func startDownload(t *testing.T, src, dst *Store, id string) *partial {
+	t.Helper()
+	mb, err := src.ManifestBytes(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dst.AddManifest(id, mb); err != nil {
+		t.Fatal(err)
+	}
+	p, err := dst.openPartial(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.close)
+	return p
 }
