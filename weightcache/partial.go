@@ -377,6 +377,9 @@ func (p *partial) view(i int) []byte {
 // download of the model in progress fails with err (the next one
 // re-verifies what is on disk).
 func (p *partial) damaged(i int, err error) {
+	// First, so that a download of this very model fails with err, not
+	// with dropBlob's message for downloads sharing the blob.
+	p.abort(err)
 	fi := p.l.chunks[i].file
 	p.mu.Lock()
 	blob := p.files[fi].done
@@ -384,7 +387,6 @@ func (p *partial) damaged(i int, err error) {
 	if blob {
 		p.s.dropBlob(p.l.m.Files[fi].SHA256)
 	}
-	p.abort(err)
 }
 
 // mapping is file fi's read-only shared mapping, made on first use, or

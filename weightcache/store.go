@@ -611,10 +611,11 @@ func (s *Store) Evict() error {
 }
 
 // Verify re-hashes every file of a complete model against its manifest,
-// calling progress (when not nil) as it goes. A file that fails has its
-// blob dropped (see dropBlob), so the model is fetched again rather than
-// served, and Verify returns ErrHashMismatch naming it. Cancelling ctx
-// stops it and changes nothing.
+// calling progress (when not nil) as it goes. A file that fails (its
+// hash, ErrHashMismatch; its size, ErrSizeMismatch; or reading it) has
+// its blob dropped (see dropBlob), so the model is fetched again rather
+// than served, and the error names it. Cancelling ctx stops it and
+// changes nothing.
 func (s *Store) Verify(ctx context.Context, ref string, progress func(Progress)) error {
 	id, err := s.Resolve(ref)
 	if err != nil {
