@@ -112,13 +112,9 @@ A broken download resumes where it stopped when the add is run again.`,
 			if err != nil {
 				return err
 			}
-			bar := a.newProgress("download")
-			res, err := c.WeightsFetch(ctx, req, bar.update)
-			bar.end()
-			if err != nil {
-				return err
-			}
-			return a.printWeightsResult(res, "downloaded")
+			return a.streamWeights("download", "downloaded", false, func(progress func(node.WeightsProgress)) (*node.WeightsResult, error) {
+				return c.WeightsFetch(ctx, req, progress)
+			})
 		},
 	}
 	fs := cmd.Flags()
@@ -222,14 +218,9 @@ wasted_bytes, peers, banned (peers that sent bad chunks), elapsed_s.`,
 			if err != nil {
 				return err
 			}
-			bar := a.newProgress("pull")
-			bar.peers = true
-			res, err := c.WeightsPull(cmd.Context(), args[0], bar.update)
-			bar.end()
-			if err != nil {
-				return err
-			}
-			return a.printWeightsResult(res, "pulled")
+			return a.streamWeights("pull", "pulled", true, func(progress func(node.WeightsProgress)) (*node.WeightsResult, error) {
+				return c.WeightsPull(cmd.Context(), args[0], progress)
+			})
 		},
 	}
 }
@@ -258,13 +249,9 @@ the result: id, name, size_bytes, state, elapsed_s.`,
 			if err != nil {
 				return err
 			}
-			bar := a.newProgress("verify")
-			res, err := c.WeightsVerify(cmd.Context(), args[0], bar.update)
-			bar.end()
-			if err != nil {
-				return err
-			}
-			return a.printWeightsResult(res, "verified")
+			return a.streamWeights("verify", "verified", false, func(progress func(node.WeightsProgress)) (*node.WeightsResult, error) {
+				return c.WeightsVerify(cmd.Context(), args[0], progress)
+			})
 		},
 	}
 }
@@ -317,6 +304,20 @@ func (a *app) weightsRefCmd(use, short, done string, op func(*node.Client, conte
 			return err
 		},
 	}
+}
+
+// streamWeights runs call, a streamed daemon call, with a progress bar
+// named what on stderr (showing the peer count when peers is set), then
+// prints its result as verb.
+func (a *app) streamWeights(what, verb string, peers bool, call func(progress func(node.WeightsProgress)) (*node.WeightsResult, error)) error {
+	bar := a.newProgress(what)
+	bar.peers = peers
+	res, err := call(bar.update)
+	bar.end()
+	if err != nil {
+		return err
+	}
+	return a.printWeightsResult(res, verb)
 }
 
 // printWeightsResult prints the ID alone when stdout is not a terminal.
